@@ -2,7 +2,319 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
 
-def main(argv: list[str] | None = None) -> int:
+import structlog
+
+from mh_watchd import __version__
+
+# Exit codes (sysexits.h), named once.
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 64 with a one-line hint instead of 2 with a wall of text."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message}\nTry '{self.prog} --help'.\n")
+        raise SystemExit(EX_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command line, one subparser per command."""
+    from mh_watchd.adapters import emulator
+
+    parser = _Parser(
+        prog="mh-watchd",
+        description="Watch folders and restyle every video dropped in them with Magic Hour.",
+    )
+    parser.add_argument("--version", action="version", version=f"mh-watchd {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="CONFIG",
+            help="config file (default: $MH_WATCHD_CONFIG, else /etc/mh-watchd/config.toml)",
+        )
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    with_config(p)
+    p = sub.add_parser("check", help="validate the config, the folders and the API key")
+    with_config(p)
+    p.add_argument("--offline", action="store_true", help="skip the API key check")
+    p = sub.add_parser("status", help="show jobs, folders, outages and credits")
+    with_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("retry", help="put failed or held jobs back in the queue")
+    with_config(p)
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="journal id or project id")
+    p.add_argument("--failed", action="store_true", help="every failed job")
+    p.add_argument("--held", action="store_true", help="every held job")
+    p = sub.add_parser("emulator", help="run the Magic Hour API emulator")
+    emulator.add_arguments(p)
+    sub.add_parser("demo", help="the whole product offline, against the emulator")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
-    raise NotImplementedError
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        return EX_USAGE
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "check":
+            return cmd_check(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "retry":
+            return cmd_retry(args, parser)
+        if args.command == "emulator":
+            from mh_watchd.adapters import emulator
+
+            return emulator.run(args)
+        if args.command == "demo":
+            from mh_watchd import demo
+
+            return demo.run_demo()
+    except KeyboardInterrupt:
+        return EX_FAILURE
+    parser.error(f"unknown command {args.command}")
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"mh-watchd: {message}\n")
+    return code
+
+
+def _load_config(args: argparse.Namespace) -> tuple[object, Path]:
+    from mh_watchd.adapters import config_file
+
+    path = config_file.config_path(args.config, os.environ)
+    return config_file.load(path), path
+
+
+def _print_config_error(exc: Exception, path: Path) -> None:
+    problems = getattr(exc, "problems", [str(exc)])
+    sys.stderr.write(f"mh-watchd: {path}: {len(problems)} problem(s):\n")
+    for line in problems:
+        sys.stderr.write(f"  - {line}\n")
+    for line in getattr(exc, "warnings", []):
+        sys.stderr.write(f"  warning: {line}\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`run`: the daemon in the foreground."""
+    from mh_watchd.adapters import config_file, logs
+    from mh_watchd.core.config import Config
+    from mh_watchd.core.errors import AlreadyRunningError, ConfigError, StateDirError
+    from mh_watchd.daemon import Daemon
+
+    logs.configure_logging(log_format="auto")
+    path = config_file.config_path(args.config, os.environ)
+    try:
+        config = config_file.load(path)
+        token = config_file.read_token(config.api, os.environ)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EX_CONFIG
+    assert isinstance(config, Config)
+    logs.configure_logging(log_format=config.daemon.log_format, secrets=[token] if token else [])
+    log = structlog.get_logger("mh_watchd")
+    for warning in config.warnings:
+        log.warning("config.warning", message=warning)
+    if not token:
+        return _fail(
+            f"no API key: set ${config.api.token_env}, api.token_file, or a systemd credential "
+            "named magic-hour-token",
+            EX_CONFIG,
+        )
+    os.umask(config.daemon.umask)
+    daemon = Daemon(config, config_path=path)
+    try:
+        daemon.open()
+    except AlreadyRunningError as exc:
+        return _fail(str(exc), EX_TEMPFAIL)
+    except StateDirError as exc:
+        return _fail(str(exc), EX_UNAVAILABLE)
+    daemon.install_signal_handlers()
+    daemon.start(token)
+    return daemon.run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """`check`: config, folders and (unless --offline) the API key."""
+    import httpx
+
+    from mh_watchd import __version__ as version
+    from mh_watchd.adapters import config_file
+    from mh_watchd.adapters.fs import LocalFileSystem
+    from mh_watchd.adapters.magic_hour import MagicHourClient
+    from mh_watchd.core.config import Config
+    from mh_watchd.core.errors import ApiError, AuthError, ConfigError
+
+    path = config_file.config_path(args.config, os.environ)
+    try:
+        config = config_file.load(path)
+        token = config_file.read_token(config.api, os.environ) if not args.offline else None
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EX_CONFIG
+    assert isinstance(config, Config)
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    if not args.offline and not token:
+        return _fail(
+            f"{path}: no API key: set ${config.api.token_env}, api.token_file, or a systemd "
+            "credential named magic-hour-token (or run check --offline)",
+            EX_CONFIG,
+        )
+    problems = config_file.check_environment(config)
+    state_problem = LocalFileSystem().state_dir_problem(Path(str(config.daemon.state_dir)))
+    if state_problem:
+        problems.append(
+            f"daemon.state_dir {config.daemon.state_dir}: {state_problem}; use a local disk"
+        )
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        return EX_UNAVAILABLE
+    print(f"config ok: {path} ({len(config.folders)} folder(s))")
+    if args.offline:
+        print("API key not checked (--offline)")
+        return EX_OK
+    assert token is not None
+    with httpx.Client(headers={"User-Agent": f"mh-watchd/{version}"}) as http:
+        client = MagicHourClient(
+            http,
+            base_url=config.api.base_url,
+            token=token,
+            request_timeout_seconds=config.api.request_timeout_seconds,
+        )
+        try:
+            account = client.get_account()
+        except AuthError:
+            return _fail(
+                f"the API key from {config_file.token_source(config.api, os.environ)} was "
+                "refused (401): create a new key in the Magic Hour dashboard",
+                EX_UNAVAILABLE,
+            )
+        except ApiError as exc:
+            return _fail(f"the API at {config.api.base_url} is unreachable: {exc}", EX_UNAVAILABLE)
+    print(f"API key ok: {account.email or account.id}, {account.credits} credits ({account.tier})")
+    return EX_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`status`: read the journal read-only and print what the daemon is doing."""
+    from mh_watchd import report
+    from mh_watchd.adapters import config_file
+    from mh_watchd.adapters.journal import Journal
+    from mh_watchd.core.errors import ConfigError, StateDirError
+
+    path = config_file.config_path(args.config, os.environ)
+    try:
+        config = config_file.load(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EX_CONFIG
+    try:
+        journal = Journal.open(Path(str(config.daemon.state_dir)), readonly=True)
+    except StateDirError as exc:
+        return _fail(f"{exc} (has the daemon run yet?)", EX_UNAVAILABLE)
+    try:
+        data = report.build(journal, config)
+    finally:
+        journal.close()
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(report.render(data))
+    return EX_OK
+
+
+def cmd_retry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`retry`: write retry requests to the journal; a running daemon acts within seconds."""
+    import time
+
+    from mh_watchd.adapters import config_file
+    from mh_watchd.adapters.journal import Journal
+    from mh_watchd.core.errors import ConfigError, StateDirError
+    from mh_watchd.core.jobs import HoldReason, JobState
+
+    if not args.job_ids and not args.failed and not args.held:
+        sys.stderr.write("mh-watchd retry: give JOB_ID..., --failed or --held\n")
+        return EX_USAGE
+    path = config_file.config_path(args.config, os.environ)
+    try:
+        config = config_file.load(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EX_CONFIG
+    try:
+        journal = Journal.open(Path(str(config.daemon.state_dir)))
+    except StateDirError as exc:
+        return _fail(str(exc), EX_UNAVAILABLE)
+    try:
+        targets = []
+        bad = []
+        for raw in args.job_ids:
+            job = journal.get(int(raw)) if raw.isdigit() else journal.by_project_id(raw)
+            if job is None:
+                bad.append(f"{raw}: no such job")
+            elif job.state not in (JobState.FAILED, JobState.HELD, JobState.DONE):
+                bad.append(f"{raw}: {job.state.value}, not failed, held or done; nothing to retry")
+            else:
+                targets.append(job)
+        if args.failed:
+            targets += journal.jobs(states=[JobState.FAILED])
+        if args.held:
+            targets += journal.jobs(states=[JobState.HELD])
+        for line in bad:
+            sys.stderr.write(f"mh-watchd retry: {line}\n")
+        if bad:
+            return EX_DATAERR
+        now = time.time()
+        for job in targets:
+            assert job.id is not None
+            if job.hold_reason is HoldReason.AMBIGUOUS_CREATE:
+                print(
+                    f"job {job.id}: a create may already have reached Magic Hour. Look for a "
+                    f"project named {job.service_name!r} in the web app before paying twice; "
+                    "creating again now."
+                )
+            journal.add_request("retry", job.id, at=now)
+            print(f"job {job.id} ({job.folder}/{job.rel_path}, {job.state.value}): retry requested")
+        if not targets:
+            print("nothing to retry")
+        pid = journal.get_meta("daemon_pid")
+        running = False
+        if pid and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+                running = True
+            except OSError:
+                running = False
+        if targets and not running:
+            print("the daemon is not running: it acts on these requests when it starts")
+    finally:
+        journal.close()
+    _ = parser
+    return EX_OK

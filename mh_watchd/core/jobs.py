@@ -164,12 +164,10 @@ def transition(job: Job, new_state: JobState, **changes: object) -> Job:
     """
     check_move(job.state, new_state)
     if new_state is JobState.HELD:
-        if changes.get("hold_reason") is None and job.hold_reason is None:
+        reason = changes.get("hold_reason", job.hold_reason)
+        if reason is None:
             raise IllegalTransition("a held job needs a hold_reason")
-        if job.state is JobState.RENDERING and changes.get("hold_reason") not in (
-            HoldReason.RENDER_OVERDUE,
-            None,
-        ):
+        if job.state is JobState.RENDERING and reason is not HoldReason.RENDER_OVERDUE:
             raise IllegalTransition("a rendering job is only ever held as render_overdue")
         changes.setdefault(
             "resume_state", job.resume_state if job.state is JobState.HELD else job.state

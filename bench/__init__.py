@@ -1,0 +1,1 @@
+"""Benchmarks for mh-watchd; each writes its numbers to bench/results/<name>.json."""

@@ -1,0 +1,73 @@
+"""Fixtures shared by every test tier: synthesized clips and a live emulator on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mh_watchd.adapters.samples import synthesize_clip
+
+ClipFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_clip(tmp_path: Path) -> ClipFactory:
+    """Return a factory: make_clip("name.mp4", seconds=1.0, fps=24, ...) -> a real video file."""
+    clips = tmp_path / "clips"
+
+    def factory(name: str = "clip.mp4", **kwargs: object) -> Path:
+        kwargs.setdefault("seconds", 1.0)
+        return synthesize_clip(clips / name, **kwargs)  # type: ignore[arg-type]
+
+    return factory
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[object]:
+    """A running emulator (fast timings) on 127.0.0.1; yields the EmulatorServer."""
+    from mh_watchd.adapters.emulator import EmulatorOptions, EmulatorServer
+
+    server = EmulatorServer(
+        EmulatorOptions(
+            queue_seconds=0.2, render_seconds=0.5, seed=1, data_dir=tmp_path / "emulator-data"
+        )
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_for(
+    condition: Callable[[], object], *, timeout_seconds: float = 30.0, what: str = "condition"
+) -> object:
+    """Poll `condition` until it returns a truthy value; fail the test after the deadline."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_seconds}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves non-daemon threads running behind it."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = [
+            t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"threads leaked by the test: {[t.name for t in leaked]}"
