@@ -91,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return emulator.run(args)
         if args.command == "demo":
-            from mh_watchd import demo
+            from mh_watchd.demo import run_demo
 
-            return demo.run_demo()
+            return run_demo()
     except KeyboardInterrupt:
         return EX_FAILURE
     parser.error(f"unknown command {args.command}")

@@ -330,11 +330,6 @@ def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
 
 
-def _fresh(st: os.stat_result) -> bool:
-    age_ns = time.time_ns() - st.st_mtime_ns
-    return 0 <= age_ns < FRESH_DIR_NS
-
-
 def _is_under(rel: str, top: str) -> bool:
     return rel == top or rel.startswith(top + "/")
 
@@ -357,6 +352,7 @@ class Poller:
         interval_seconds: float = 2.0,
         max_interval_seconds: float = 30.0,
         prune: _Prune = _never_prune,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.folder = folder
         self.root = root
@@ -365,6 +361,7 @@ class Poller:
         self.max_interval_seconds = max(max_interval_seconds, interval_seconds)
         self._sink = sink
         self._prune = prune
+        self._wall_clock_ns = wall_clock_ns
         self._root_str = os.fspath(root)
         self._lock = threading.Lock()
         self._dirs: dict[str, _Dir] = {}
@@ -378,6 +375,7 @@ class Poller:
         self._closed = False
         self._thread: threading.Thread | None = None
         # Work counters, for tests and the benchmark.
+        self.passes = 0
         self.dirs_listed = 0
         self.files_statted = 0
 
@@ -441,10 +439,15 @@ class Poller:
             return emitted
 
     def _after_pass(self, emitted: int) -> None:
+        self.passes += 1
         if emitted:
             self._current_interval = self.interval_seconds
         else:
             self._current_interval = min(self._current_interval * 2, self.max_interval_seconds)
+
+    def _fresh(self, st: os.stat_result) -> bool:
+        age_ns = self._wall_clock_ns() - st.st_mtime_ns
+        return 0 <= age_ns < FRESH_DIR_NS
 
     def _emit(self, rel: str, kind: str) -> int:
         if self._closed:
@@ -550,7 +553,7 @@ class Poller:
                 continue
             st, files, subdirs = listing
             found[rel] = _Dir(st.st_mtime_ns, st.st_ino, files, subdirs)
-            if _fresh(st):
+            if self._fresh(st):
                 self._relist_next.add(rel)
             stack.extend(_join(rel, name) for name in subdirs)
         return found
@@ -564,7 +567,7 @@ class Poller:
         for name in state.subdirs - subdirs:
             emitted += self._drop_tree(_join(rel, name))
         added = subdirs - state.subdirs
-        if _fresh(new_st):
+        if self._fresh(new_st):
             self._relist_next.add(rel)
         state.mtime_ns, state.ino = new_st.st_mtime_ns, new_st.st_ino
         state.files, state.subdirs, state.listed = files, subdirs, True
