@@ -148,13 +148,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     os.umask(config.daemon.umask)
     daemon = Daemon(config, config_path=path)
+    # Handlers first: a SIGTERM during start-up is then a clean stop, not a kill.
+    daemon.install_signal_handlers()
     try:
         daemon.open()
     except AlreadyRunningError as exc:
+        daemon.close_pools()
         return _fail(str(exc), EX_TEMPFAIL)
     except StateDirError as exc:
+        daemon.close_pools()
         return _fail(str(exc), EX_UNAVAILABLE)
-    daemon.install_signal_handlers()
     daemon.start(token)
     return daemon.run()
 

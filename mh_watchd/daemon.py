@@ -1021,7 +1021,11 @@ class Daemon:
             if not flight.future.done():
                 continue
             del self.in_flight[job_id]
-            outcome = flight.future.result()
+            try:
+                outcome = flight.future.result()
+            except Exception as exc:  # a bug in a step: fail that job, never the loop
+                log.exception("job.step_crashed", job_id=job_id, step=flight.step)
+                outcome = StepOutcome(job_id, flight.step, {}, error=exc)
             assert self.journal is not None
             job = self.journal.get(job_id)
             if job is None:
@@ -1438,6 +1442,11 @@ class Daemon:
         self._write_folder_statuses()
         log.info("config.reloaded", folders=sorted(new_names))
         self.notify.ready()
+
+    def close_pools(self) -> None:
+        """Release the worker pools of a daemon that never started."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.transfer_pool.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self) -> None:
         """Ordered stop: no new work, transfers aborted at a safe point, journal closed."""

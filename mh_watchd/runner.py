@@ -23,7 +23,7 @@ from mh_watchd.adapters.fs import LocalFileSystem
 from mh_watchd.adapters.journal import Journal
 from mh_watchd.adapters.magic_hour import MagicHourClient
 from mh_watchd.core import backoff, naming
-from mh_watchd.core.api import CreateRequest, Project
+from mh_watchd.core.api import CreateRequest, Project, estimate_credits
 from mh_watchd.core.errors import MediaError, SourceChangedError, UrlExpiredError
 from mh_watchd.core.intake import trim, upload_extension
 from mh_watchd.core.jobs import Job, Output
@@ -140,6 +140,22 @@ class Runner:
                 raise SourceChangedError(f"{job.rel_path} disappeared before its upload finished")
             if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
                 raise SourceChangedError(f"{job.rel_path} changed before its upload finished")
+            probed: dict[str, Any] = {}
+            if job.end_seconds is None:
+                # Never probed (a retried failure): check it is a video before sending it.
+                info = media.probe(source)
+                start, end = trim(
+                    info.duration_seconds,
+                    start_seconds=job.settings.start_seconds,
+                    max_seconds=job.settings.max_seconds,
+                )
+                probed = {
+                    "duration_seconds": info.duration_seconds,
+                    "fps": info.fps,
+                    "start_seconds": start,
+                    "end_seconds": end,
+                    "credits_estimate": estimate_credits(end - start, job.settings.fps_resolution),
+                }
             extension = upload_extension(PurePosixPath(job.rel_path))
             upload_source = source
             if extension != PurePosixPath(job.rel_path).suffix.lower().lstrip("."):
@@ -177,6 +193,7 @@ class Runner:
                     "uploaded_at": self._clock(),
                     "sha256": sha,
                     "progress": 1.0,
+                    **probed,
                 },
             )
         except Exception as exc:  # a worker's top: every error becomes an outcome
