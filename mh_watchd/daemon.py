@@ -117,13 +117,14 @@ class Daemon:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        fs: LocalFileSystem | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.environ: Mapping[str, str] = environ if environ is not None else os.environ
         self.clock = clock
         self.monotonic = monotonic
-        self.fs = LocalFileSystem(umask=config.daemon.umask)
+        self.fs = fs or LocalFileSystem(umask=config.daemon.umask)
         self.state_dir = Path(str(config.daemon.state_dir))
         self.temp_dir = self.state_dir / "tmp"
         self.journal: Journal | None = None

@@ -24,7 +24,12 @@ from mh_watchd.adapters.journal import Journal
 from mh_watchd.adapters.magic_hour import MagicHourClient
 from mh_watchd.core import backoff, naming
 from mh_watchd.core.api import CreateRequest, Project, estimate_credits
-from mh_watchd.core.errors import MediaError, SourceChangedError, UrlExpiredError
+from mh_watchd.core.errors import (
+    InboxUnavailableError,
+    MediaError,
+    SourceChangedError,
+    UrlExpiredError,
+)
 from mh_watchd.core.intake import trim, upload_extension
 from mh_watchd.core.jobs import Job, Output
 
@@ -137,6 +142,7 @@ class Runner:
             source = original_path(job)
             st = self._fs.stat(source)
             if st is None:
+                self._check_inbox(job)
                 raise SourceChangedError(f"{job.rel_path} disappeared before its upload finished")
             if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
                 raise SourceChangedError(f"{job.rel_path} changed before its upload finished")
@@ -175,6 +181,8 @@ class Runner:
                 break
             assert result is not None
             after = self._fs.stat(source)
+            if after is None:
+                self._check_inbox(job)
             if after is None or (after.st_size, after.st_mtime_ns) != (job.size, job.mtime_ns):
                 raise SourceChangedError(f"{job.rel_path} changed while it was uploading")
             sha = job.sha256
@@ -198,6 +206,12 @@ class Runner:
             )
         except Exception as exc:  # a worker's top: every error becomes an outcome
             return StepOutcome(job.id, "upload", {}, error=exc)
+
+    def _check_inbox(self, job: Job) -> None:
+        """Raise InboxUnavailableError when the whole inbox is gone (an outage, not a loss)."""
+        inbox = Path(job.settings.inbox)
+        if self._fs.stat(inbox) is None or not inbox.is_dir():
+            raise InboxUnavailableError(f"the inbox {inbox} is unavailable")
 
     # ---------------------------------------------------------------- create
     def create(self, job: Job) -> StepOutcome:

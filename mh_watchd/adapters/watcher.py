@@ -153,9 +153,12 @@ def count_dirs(root: Path, limit: int) -> int:
 class _EventTranslator(FileSystemEventHandler):
     """Turns watchdog events into FsEvents on the sink; path arithmetic only, no I/O."""
 
-    def __init__(self, folder: str, root: Path, prune: _Prune, sink: queue.Queue[FsEvent]) -> None:
+    def __init__(
+        self, folder: str, root: Path, *, recursive: bool, prune: _Prune, sink: queue.Queue[FsEvent]
+    ) -> None:
         super().__init__()
         self._folder = folder
+        self._recursive = recursive
         self._root = str(root)
         self._prefix = os.path.join(self._root, "")
         self._prune = prune
@@ -183,6 +186,8 @@ class _EventTranslator(FileSystemEventHandler):
         if event.is_directory:
             if kind == "deleted" and os.fsdecode(event.src_path) == self._root:
                 self._sink.put(FsEvent(self._folder, ROOT, "deleted"))
+            elif not self._recursive:
+                pass  # subdirectories of a flat inbox hold nothing we take
             elif kind in ("created", "deleted"):
                 self._put(event.src_path, "dir_changed", is_dir=True)
             elif kind == "moved":
@@ -287,7 +292,9 @@ class NativeWatcher:
             return
         if not stat.S_ISDIR(os.stat(self.root).st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "inbox is not a directory", str(self.root))
-        handler = _EventTranslator(self.folder, self.root, self._prune, self._sink)
+        handler = _EventTranslator(
+            self.folder, self.root, recursive=self.recursive, prune=self._prune, sink=self._sink
+        )
         observer = _new_observer(self._overflowed)
         try:
             observer.schedule(

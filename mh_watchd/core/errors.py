@@ -5,6 +5,8 @@
     ├── StateDirError            fatal: the state_dir is unusable (exit 69)
     │   └── AlreadyRunningError  fatal: another daemon holds the lock (exit 75)
     ├── MediaError               give up on this file: not a readable video
+    ├── SourceChangedError       the file changed or vanished mid-upload: take it as a new version
+    ├── InboxUnavailableError    the inbox itself is gone or unreadable: an outage, never a loss
     └── ApiError                 anything the Magic Hour service (or the way to it) did
         ├── TransientApiError    retry later (honour `retry_after_seconds` when set)
         │   ├── NotSentError     the request surely never reached the service (connect, DNS, pool)
@@ -120,3 +122,7 @@ class CreditsError(AccountApiError):
 
 class SourceChangedError(MhWatchdError):
     """The file being uploaded changed size or content while it was read; upload it again."""
+
+
+class InboxUnavailableError(MhWatchdError):
+    """The inbox itself vanished or stopped answering mid-step: hold the job as an outage."""

@@ -10,6 +10,7 @@ from mh_watchd.core.errors import (
     AmbiguousCreateError,
     AuthError,
     CreditsError,
+    InboxUnavailableError,
     MediaError,
     NotFoundError,
     PermanentApiError,
@@ -43,6 +44,8 @@ def dispose(error: Exception, *, step: str, attempts: int) -> Disposition:
     transient errors or account problems: polling backs off instead.
     """
     text = str(error)
+    if isinstance(error, InboxUnavailableError):
+        return Disposition(Action.HOLD, text, HoldReason.OUTAGE)
     if isinstance(error, SourceChangedError):
         return Disposition(Action.RESTART, text)
     if isinstance(error, AmbiguousCreateError):
