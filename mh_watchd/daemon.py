@@ -716,6 +716,13 @@ class Daemon:
         rt = self.folders.get(r.folder)
         if rt is None or r.vanished:
             return
+        if r.busy:
+            key = (r.folder, r.rel_path)
+            now_mono = self.monotonic()
+            self.settle.observe(key, Observation(r.size, r.mtime_ns, r.inode), now_mono)
+            self.settle.touched(key, now_mono)
+            log.debug("intake.still_open_for_writing", folder=r.folder, file=r.rel_path)
+            return
         folder = rt.config
         log_ctx = {"folder": r.folder, "file": r.rel_path}
         if r.sha256 is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -19,7 +20,7 @@ from typing import Any
 import structlog
 
 from mh_watchd.adapters import media
-from mh_watchd.adapters.fs import LocalFileSystem
+from mh_watchd.adapters.fs import LocalFileSystem, open_files_under
 from mh_watchd.adapters.journal import Journal
 from mh_watchd.adapters.magic_hour import MagicHourClient
 from mh_watchd.core import backoff, naming
@@ -56,6 +57,7 @@ class IntakeResult:
     sha256: str | None = None
     error: str | None = None  # not a video / trim impossible: the job fails before any upload
     vanished: bool = False  # gone or changed since it settled: forget it, the scan will tell
+    busy: bool = False  # a process on this host still has it open for writing: not ready
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,9 @@ class Runner:
         if st is None:
             return IntakeResult(folder, rel_path, 0, 0, 0, vanished=True)
         base = IntakeResult(folder, rel_path, st.st_size, st.st_mtime_ns, st.st_ino)
+        if Path(os.path.realpath(path)) in open_files_under(root):
+            # Quiet is not finished: a local writer (a slow copy, a download client) holds it.
+            return dataclasses.replace(base, busy=True)
         try:
             info = media.probe(path)
             start, end = trim(

@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     DaemonProcess,
     Workspace,
     all_done,
+    read_jobs,
     wait_jobs,
 )
 
@@ -252,3 +253,73 @@ def status_json(ws: Workspace) -> dict[str, object]:
     data = json.loads(result.stdout)
     assert isinstance(data, dict)
     return data
+
+
+def test_a_file_still_open_for_writing_waits_until_it_is_closed(
+    workspace: Workspace,
+    emu: EmulatorServer,
+    run_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path,
+) -> None:
+    ws = workspace
+    ws.folder("anime", style={"art_style": "Comic"}, settle_seconds=0.3)
+    data = synthesize_clip(tmp_path / "src.mp4", seconds=1.0).read_bytes()
+    proc = run_daemon()
+    wait_jobs_started(ws)
+    with open(ws.inbox("anime") / "held.mp4", "wb") as out:
+        out.write(data)
+        out.flush()
+        # Quiet for many settle periods, but a writer still holds it: never taken meanwhile.
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert read_jobs(ws.state_dir) == []
+            time.sleep(0.1)
+    wait_jobs(ws.state_dir, all_done(1), proc=proc, what="delivery once closed")
+    assert proc.stop() == 0
+    assert emu.state()["counts"]["creates"] == 1
+
+
+def test_ready_marker_mode_takes_a_file_only_once_its_marker_exists(
+    workspace: Workspace, emu: EmulatorServer, run_daemon: Callable[..., DaemonProcess]
+) -> None:
+    ws = workspace
+    ws.folder("anime", style={"art_style": "Comic"}, ready_marker=".done")
+    synthesize_clip(ws.inbox("anime") / "clip.mp4", seconds=1.0)
+    proc = run_daemon()
+    wait_jobs_started(ws)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # settled long ago, but no marker yet
+        assert read_jobs(ws.state_dir) == []
+        time.sleep(0.1)
+    (ws.inbox("anime") / "clip.mp4.done").write_bytes(b"")
+    wait_jobs(ws.state_dir, all_done(1), proc=proc, what="delivery after the marker")
+    assert proc.stop() == 0
+    assert emu.state()["counts"]["upload_urls"] == 1
+
+
+def test_an_unwritable_outbox_holds_the_job_and_delivers_once_it_is_back(
+    workspace: Workspace, emu: EmulatorServer, run_daemon: Callable[..., DaemonProcess]
+) -> None:
+    ws = workspace
+    ws.folder("anime", style={"art_style": "Comic"})
+    # The outbox's place is taken by a regular file: it cannot be created or written.
+    ws.outbox("anime").parent.mkdir(parents=True, exist_ok=True)
+    ws.outbox("anime").write_text("not a directory")
+    synthesize_clip(ws.inbox("anime") / "a.mp4", seconds=1.0)
+    proc = run_daemon()
+    jobs = wait_jobs(
+        ws.state_dir,
+        lambda js: (
+            bool(js)
+            and js[0].hold_reason is not None
+            and js[0].hold_reason.value == "output_unavailable"
+        ),
+        proc=proc,
+        what="the job held for its outbox",
+    )
+    assert jobs[0].project_id is not None  # rendered at the service, waiting to be fetched
+    ws.outbox("anime").unlink()
+    wait_jobs(ws.state_dir, all_done(1), proc=proc, what="delivery once the outbox is back")
+    assert proc.stop() == 0
+    assert emu.state()["counts"]["creates"] == 1
+    assert (ws.outbox("anime") / "a.comic.mp4").exists()
