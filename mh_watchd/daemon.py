@@ -311,7 +311,13 @@ class Daemon:
                 log.warning("watcher.inotify_limit", folder=folder.name, dirs=dirs, hint=reason)
         watcher: NativeWatcher | Poller
         if mode == "native":
-            watcher = NativeWatcher(folder.name, root, recursive=folder.recursive, sink=self.events)
+            watcher = NativeWatcher(
+                folder.name,
+                root,
+                recursive=folder.recursive,
+                sink=self.events,
+                prune=is_ignored_dir,
+            )
             try:
                 watcher.start()
             except OSError as exc:

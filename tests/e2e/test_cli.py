@@ -192,3 +192,18 @@ def _retried(ws: Workspace, job_id: int) -> bool:
         and job.failed_path is not None
         and events[-1] == "job.original_filed"
     )
+
+
+def test_check_offline_accepts_the_example_config_with_its_paths_moved(
+    tmp_path: Path, daemon_env: dict[str, str]
+) -> None:
+    from tests.adapters.test_config_file import example_in
+
+    cfg = example_in(tmp_path)
+    for inbox in ("/srv/media/mh/anime/in", "/mnt/nas/video/to-paint"):
+        Path(f"{tmp_path}{inbox}").mkdir(parents=True)
+    # The NAS folder asks for a marker file that proves the share is mounted.
+    Path(f"{tmp_path}/mnt/nas/video/to-paint/.mh-share-online").touch()
+    result = mh("check", "--offline", "-c", str(cfg), env=daemon_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "config ok" in result.stdout
