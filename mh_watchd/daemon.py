@@ -1070,11 +1070,15 @@ class Daemon:
                 **outcome.changes,
             )
             self.metrics.credits_charged(job.folder, job.credits_charged or 0)
+            self._book(job, job.credits_charged)
             if self.account_block is not None:
                 self.account_block = None
         elif step == "poll":
             project = outcome.project
             assert project is not None
+            if project.is_terminal:
+                # The final word on the cost: corrections and refunds included.
+                self._book(job, project.credits_charged)
             if job.state is _S.HELD and project.status == "complete":
                 job = self._release(job)
             if project.status == "complete":
@@ -1123,6 +1127,16 @@ class Daemon:
             done = self._move(job, _S.DONE, "job.done", **outcome.changes)
             self._alert("done", done, "delivered", output=[o.final_path for o in done.outputs])
 
+    def _book(self, job: Job, credits: int | None) -> None:
+        """Book a project's charge to the day its create was sent (for daily_credit_limit)."""
+        assert self.journal is not None and job.id is not None
+        if job.project_id is None or credits is None:
+            return
+        day = job.credits_day or local_day(self.clock())
+        self.journal.book_charge(
+            job_id=job.id, project_id=job.project_id, day=day, credits=credits, at=self.clock()
+        )
+
     def _apply_error(self, job: Job, outcome: StepOutcome) -> None:
         error = outcome.error
         assert error is not None
@@ -1145,7 +1159,8 @@ class Daemon:
                 self.jobs[job.id or 0] = dataclasses.replace(job, **changes)
                 return
             if job.state in (_S.UPLOADING, _S.SUBMITTING):
-                self._move(job, _S.QUEUED, "job.retry_scheduled", **changes)
+                # Nothing was created: the create's estimate is no longer booked to today.
+                self._move(job, _S.QUEUED, "job.retry_scheduled", credits_day=None, **changes)
             else:
                 self._save(
                     dataclasses.replace(job, updated_at=now, **changes), "job.retry_scheduled", ctx
@@ -1161,7 +1176,7 @@ class Daemon:
                 and d.hold_reason is not HoldReason.AMBIGUOUS_CREATE
             ):
                 # Resume from queued: a fresh upload URL and a fresh create decision.
-                job = self._move(job, _S.QUEUED, "job.requeued", attempts=0)
+                job = self._move(job, _S.QUEUED, "job.requeued", attempts=0, credits_day=None)
             self._hold(job, d.hold_reason, d.reason, **changes)
         elif d.action is Action.RESTART:
             self.skip_versions.pop((job.folder, job.rel_path), None)
@@ -1266,62 +1281,49 @@ class Daemon:
         if job_id in self.in_flight:
             return "busy; try again in a moment"
         now = self.clock()
-        reset = dict(attempts=0, due_at=None, last_error=None, updated_at=now)
+        reset: dict[str, Any] = dict(attempts=0, due_at=None, last_error=None, updated_at=now)
         if job.state is _S.FAILED:
             restored = self.runner.restore_failed(job)
             rel = restored or job.rel_path
             st = self.fs.stat(Path(job.settings.inbox) / rel)
             if st is None:
                 return "the original is not in the failed folder or the inbox any more"
-            new = transition(
-                job,
-                _S.QUEUED,
-                rel_path=rel,
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-                inode=st.st_ino,
-                failed_path=None,
-                project_id=None,
-                upload_file_path=None,
-                uploaded_at=None,
-                credits_charged=None,
-                credits_final=None,
-                outputs=(),
-                **reset,
+            self._save(
+                self._fresh_version(job, st, rel_path=rel, failed_path=None),
+                "job.retried",
+                {"from": "failed"},
             )
-            self._save(new, "job.retried", {"from": "failed"})
             return "requeued"
         if job.state is _S.DONE:
             st = self.fs.stat(Path(job.settings.inbox) / job.rel_path)
             if st is None:
                 return "the original is no longer in the inbox"
-            new = transition(
-                job,
-                _S.QUEUED,
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-                inode=st.st_ino,
-                project_id=None,
-                upload_file_path=None,
-                uploaded_at=None,
-                credits_charged=None,
-                credits_final=None,
-                outputs=(),
-                archive_path=None,
-                original_left=False,
-                **reset,
-            )
+            new = self._fresh_version(job, st, archive_path=None, original_left=False)
             self.skip_versions.pop((job.folder, job.rel_path), None)
             self._save(new, "job.retried", {"from": "done"})
             return "requeued"
         if job.state is _S.HELD:
             if job.hold_reason in (HoldReason.AMBIGUOUS_CREATE, HoldReason.RENDER_OVERDUE):
+                if job.project_id is not None:
+                    self._book(job, job.credits_final or job.credits_charged)
+                elif job.credits_day is not None:
+                    # The lost create may have been charged: keep its estimate booked.
+                    self.journal.book_charge(
+                        job_id=job_id,
+                        project_id=f"unanswered-create:{job_id}:{now:.0f}",
+                        day=job.credits_day,
+                        credits=job.credits_estimate or 0,
+                        at=now,
+                    )
                 new = transition(
                     job,
                     _S.QUEUED,
                     project_id=None,
                     render_started_at=None,
                     render_status=None,
+                    credits_charged=None,
+                    credits_final=None,
+                    credits_day=None,
                     **reset,
                 )
                 self._save(
@@ -1335,6 +1337,34 @@ class Daemon:
             self._save(dataclasses.replace(job, due_at=None, updated_at=now), "job.recheck", {})
             return "re-checking now"
         return f"not retryable in state {job.state.value}"
+
+    def _fresh_version(self, job: Job, st: os.stat_result, **changes: Any) -> Job:
+        """`job` back in the queue for a new render of the file now at its path.
+
+        Its earlier project stays booked in the journal's charges; the record starts over.
+        """
+        return transition(
+            job,
+            _S.QUEUED,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            inode=st.st_ino,
+            sha256=None,
+            project_id=None,
+            upload_file_path=None,
+            uploaded_at=None,
+            credits_charged=None,
+            credits_final=None,
+            credits_day=None,
+            render_started_at=None,
+            render_status=None,
+            outputs=(),
+            attempts=0,
+            due_at=None,
+            last_error=None,
+            updated_at=self.clock(),
+            **changes,
+        )
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> HealthReport:

@@ -125,6 +125,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ),
+    (
+        # One row per project the service accepted, so a retried job's earlier render stays
+        # booked to its day after the job record moves on to a new project.
+        """
+        CREATE TABLE charges (
+            project_id TEXT PRIMARY KEY,
+            job_id INTEGER REFERENCES jobs (id) ON DELETE SET NULL,
+            day TEXT NOT NULL,
+            credits INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX charges_by_day ON charges (day)",
+    ),
 )
 SCHEMA_VERSION: int = len(MIGRATIONS)
 
@@ -621,12 +635,29 @@ class Journal:
         Each job counts its best-known charge: final, else charged at create, else the estimate.
         """
         with self._reading() as conn:
+            booked = conn.execute(
+                "SELECT COALESCE(SUM(credits), 0) AS spent FROM charges WHERE day = ?", (day,)
+            ).fetchone()
+            # Jobs whose project is not booked yet (a create in flight or ambiguous) count too.
             row = conn.execute(
                 "SELECT COALESCE(SUM(COALESCE(credits_final, credits_charged, credits_estimate,"
-                " 0)), 0) AS spent FROM jobs WHERE credits_day = ?",
+                " 0)), 0) AS spent FROM jobs WHERE credits_day = ? AND (project_id IS NULL"
+                " OR project_id NOT IN (SELECT project_id FROM charges))",
                 (day,),
             ).fetchone()
-        return int(row["spent"])
+        return int(booked["spent"]) + int(row["spent"])
+
+    def book_charge(
+        self, *, job_id: int, project_id: str, day: str, credits: int, at: float
+    ) -> None:
+        """Record (or correct) what the service charged for one project, booked to `day`."""
+        with self._writing() as conn:
+            conn.execute(
+                "INSERT INTO charges (project_id, job_id, day, credits, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (project_id) DO UPDATE SET"
+                " credits = excluded.credits, updated_at = excluded.updated_at",
+                (project_id, job_id, day, credits, at),
+            )
 
     def _one(self, sql: str, params: Collection[Any]) -> Job | None:
         with self._reading() as conn:

@@ -390,6 +390,29 @@ def test_credits_spent_uses_final_then_charged_then_estimate_per_job_by_day(
     assert journal.credits_spent("2024-01-01") == 0
 
 
+def test_booked_charges_survive_a_retry_and_are_never_counted_twice(journal: Journal) -> None:
+    day = "2024-11-14"
+    job = journal.insert(
+        new_job("a.mp4", credits_day=day, credits_estimate=30, project_id="p1"), event="e"
+    )
+    assert job.id is not None
+    journal.book_charge(job_id=job.id, project_id="p1", day=day, credits=30, at=1.0)
+    assert journal.credits_spent(day) == 30  # the booking, not the job's estimate as well
+    journal.book_charge(job_id=job.id, project_id="p1", day=day, credits=24, at=2.0)
+    assert journal.credits_spent(day) == 24  # the final GET corrected it
+    # `retry` starts the job over: the first project's charge stays booked to its day.
+    journal.save(
+        dataclasses.replace(job, project_id=None, credits_day=None, credits_estimate=30),
+        event="job.retried",
+    )
+    assert journal.credits_spent(day) == 24
+    journal.save(
+        dataclasses.replace(job, project_id="p2", credits_day=day, credits_charged=30),
+        event="job.submitted",
+    )
+    assert journal.credits_spent(day) == 24 + 30
+
+
 # ---------------------------------------------------------------- requests, folders, meta
 
 

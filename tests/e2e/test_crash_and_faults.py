@@ -255,3 +255,33 @@ def test_bad_inputs_are_ignored_failed_or_delivered_and_never_stop_the_daemon(
     assert outside.read_bytes() == outside_bytes
     assert (inbox / "@eaDir" / "thumb.mp4").exists()
     assert "Traceback" not in proc.log_text()
+
+
+def test_daily_credit_limit_holds_what_does_not_fit_and_fails_what_never_could(
+    workspace: Workspace, emu: EmulatorServer, run_daemon: Callable[..., DaemonProcess]
+) -> None:
+    ws = workspace
+    ws.extra_daemon = "daily_credit_limit = 50\nmax_active_renders = 1"
+    ws.folder("anime", style={"art_style": "Comic"}, fps_resolution="HALF")
+    synthesize_clip(ws.inbox("anime") / "a.mp4", seconds=1.0)  # estimate 30
+    synthesize_clip(ws.inbox("anime") / "b.mp4", seconds=1.0)  # 30 more would pass 50
+    synthesize_clip(ws.inbox("anime") / "long.mp4", seconds=3.0)  # estimate 90 > 50 alone
+    proc = run_daemon()
+    jobs = wait_jobs(
+        ws.state_dir,
+        lambda js: len(js) == 3
+        and sum(j.state is JobState.DONE for j in js) == 1
+        and sum(j.hold_reason is HoldReason.DAILY_LIMIT for j in js) == 1
+        and sum(j.state is JobState.FAILED for j in js) == 1,
+        proc=proc,
+        what="one done, one held for the daily limit, one failed",
+    )
+    assert proc.stop() == 0
+    failed = next(j for j in jobs if j.state is JobState.FAILED)
+    assert failed.rel_path == "long.mp4"
+    assert "over_daily_limit" in (failed.last_error or "")
+    report = json.loads((ws.inbox("anime") / ".mh-failed" / "long.mp4.error.json").read_text())
+    assert "daily_credit_limit" in report["what_happened"]
+    counts = emu.state()["counts"]
+    assert counts["creates"] == 1
+    assert counts["upload_urls"] == 2  # the held one was uploaded, the failed one never
