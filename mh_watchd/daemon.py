@@ -68,6 +68,7 @@ FOLDER_CHECK_DEADLINE_SECONDS = 30.0
 SETTLE_STAT_SECONDS = 0.5
 REQUEST_CHECK_SECONDS = 1.0
 STOP_GRACE_SECONDS = 8.0
+PROGRESS_WRITE_SECONDS = 2.0
 _S = JobState
 
 
@@ -152,6 +153,8 @@ class Daemon:
         self.last_tick_mono = monotonic()
         self.last_watchdog = -1e9
         self.last_status_line = ""
+        self.last_progress_write = -1e9
+        self.stored_progress: dict[int, float] = {}
         self.stopping = False
         self.reload_requested = False
         self.signal_count = 0
@@ -398,6 +401,7 @@ class Daemon:
                 self._schedule_intakes(now_mono)
                 self._schedule_jobs()
                 self._schedule_account_probe(now_mono)
+            self._store_progress(now_mono)
             self._report(now_mono)
         except Exception:
             # The top of the loop: one unexpected error never stops the daemon.
@@ -1387,6 +1391,19 @@ class Daemon:
             outages=outages,
             details={"jobs_unfinished": len(self.jobs), "version": __version__},
         )
+
+    def _store_progress(self, now: float) -> None:
+        """Every few seconds, write transfer progress for `status` (not an event per chunk)."""
+        if now - self.last_progress_write < PROGRESS_WRITE_SECONDS or self.journal is None:
+            return
+        self.last_progress_write = now
+        for job_id, flight in self.in_flight.items():
+            job = self.jobs.get(job_id)
+            if flight.step not in ("upload", "download") or job is None:
+                continue
+            if self.stored_progress.get(job_id) != round(job.progress, 3):
+                self.stored_progress[job_id] = round(job.progress, 3)
+                self.journal.set_progress(job_id, job.progress)
 
     def _report(self, now: float) -> None:
         counts: dict[str, int] = {}

@@ -778,6 +778,11 @@ class Journal:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return str(row["value"]) if row is not None else None
 
+    def set_progress(self, job_id: int, progress: float) -> None:
+        """Store a transfer's progress (0..1) for `status`; no event, no state change."""
+        with self._writing() as conn:
+            conn.execute("UPDATE jobs SET progress = ? WHERE id = ?", (progress, job_id))
+
     def writable_check(self) -> bool:
         """Return True when a tiny write (rolled back) succeeds now; False otherwise (/healthz)."""
         with self._lock:

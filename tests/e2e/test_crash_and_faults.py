@@ -7,6 +7,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,18 @@ from tests.e2e.conftest import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+def status_json(ws: Workspace) -> dict[str, Any]:
+    result = subprocess.run(
+        [SCRIPT, "status", "--json", "-c", str(ws.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
 
 
 def outputs_of(ws: Workspace, folder: str) -> list[Path]:
@@ -55,6 +68,13 @@ def test_kill_9_in_a_state_then_restart_delivers_exactly_once(
         proc=proc,
         what=f"a job in {state.value}",
     )
+    data = status_json(ws)
+    active = [j for j in data["active"] if j["state"] == state.value]
+    assert active, data
+    if state in (JobState.UPLOADING, JobState.DOWNLOADING):
+        assert 0 <= active[0]["progress_percent"] <= 100
+    if state is JobState.RENDERING:
+        assert active[0]["render_seconds"] >= 0 and active[0]["project_id"]
     proc.kill()
     emu.set_faults({"rules": []})
     proc2 = run_daemon()
@@ -269,10 +289,12 @@ def test_daily_credit_limit_holds_what_does_not_fit_and_fails_what_never_could(
     proc = run_daemon()
     jobs = wait_jobs(
         ws.state_dir,
-        lambda js: len(js) == 3
-        and sum(j.state is JobState.DONE for j in js) == 1
-        and sum(j.hold_reason is HoldReason.DAILY_LIMIT for j in js) == 1
-        and sum(j.state is JobState.FAILED for j in js) == 1,
+        lambda js: (
+            len(js) == 3
+            and sum(j.state is JobState.DONE for j in js) == 1
+            and sum(j.hold_reason is HoldReason.DAILY_LIMIT for j in js) == 1
+            and sum(j.state is JobState.FAILED for j in js) == 1
+        ),
         proc=proc,
         what="one done, one held for the daily limit, one failed",
     )

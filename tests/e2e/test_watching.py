@@ -323,3 +323,57 @@ def test_an_unwritable_outbox_holds_the_job_and_delivers_once_it_is_back(
     assert proc.stop() == 0
     assert emu.state()["counts"]["creates"] == 1
     assert (ws.outbox("anime") / "a.comic.mp4").exists()
+
+
+def test_a_done_file_restored_into_the_inbox_is_not_sent_again(
+    workspace: Workspace, emu: EmulatorServer, run_daemon: Callable[..., DaemonProcess]
+) -> None:
+    import shutil
+
+    ws = workspace
+    ws.folder("anime", style={"art_style": "Comic"})
+    synthesize_clip(ws.inbox("anime") / "a.mp4", seconds=1.0)
+    proc = run_daemon()
+    jobs = wait_jobs(ws.state_dir, all_done(1), proc=proc, what="the first delivery")
+    # A sync tool puts the archived original back: same path, same content, new inode.
+    shutil.copy2(ws.inbox("anime") / ".mh-done" / "a.mp4", ws.inbox("anime") / "a.mp4")
+    from tests.conftest import wait_for
+
+    wait_for(lambda: "intake.already_done" in proc.log_text(), what="the skip to be logged")
+    assert proc.stop() == 0
+    assert emu.state()["counts"]["upload_urls"] == 1
+    assert len(read_jobs(ws.state_dir)) == 1
+    assert (ws.inbox("anime") / "a.mp4").exists()  # left alone
+    line = next(x for x in proc.log_text().splitlines() if "intake.already_done" in x)
+    assert f"mh-watchd retry {jobs[0].id}" in line
+    assert "a.comic.mp4" in line  # names the earlier output
+
+
+def test_a_recursive_inbox_that_does_not_fit_inotify_watches_polls_and_says_how_to_fix_it(
+    tmp_path: Path, emu: EmulatorServer
+) -> None:
+    ws = Workspace(root=tmp_path / "ws", base_url=emu.base_url)
+    ws.folder("big", style={"art_style": "Comic"}, recursive=True, observer="native")
+    for i in range(6):
+        (ws.inbox("big") / f"d{i}").mkdir()
+    ws.write_config()
+
+    class TightInotify(LocalFileSystem):
+        def inotify_limits(self) -> tuple[int | None, int | None]:
+            return 100, 99  # a limit nearly spent by other programs
+
+    config = config_file.load(ws.config_path)
+    daemon = Daemon(
+        config,
+        config_path=ws.config_path,
+        environ={"MH_TEST_TOKEN": TOKEN},
+        fs=TightInotify(),
+    )
+    daemon.open()
+    daemon.start(TOKEN)
+    try:
+        mode, reason = daemon.folders["big"].watch_mode, daemon.folders["big"].watch_reason
+    finally:
+        daemon.shutdown()
+    assert mode == "polling"
+    assert "fs.inotify.max_user_watches" in reason
