@@ -145,6 +145,7 @@ class Daemon:
         self.stat_futures: dict[str, Future[list[tuple[str, os.stat_result | None]]]] = {}
         self.misc_futures: list[Future[Any]] = []
         self.skip_versions: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self.scan_memory: dict[tuple[str, str], tuple[int, int, int]] = {}
         self.account_block: HoldReason | None = None
         self.last_account_probe = -1e9
         self.account_future: Future[tuple[str, int | None]] | None = None
@@ -570,20 +571,38 @@ class Daemon:
                 continue
             self.metrics.scanned(rt.config.name, rt.last_scan_wall)
             seen = set()
+            pending = set(self.settle.pending())
             for rel, size, mtime_ns, inode in files:
                 key = (rt.config.name, rel)
                 seen.add(key)
-                if not self._wanted(rt, rel, size, mtime_ns, inode):
+                # A big NAS tree is mostly unchanged files: only new or changed ones cost a
+                # journal lookup.
+                if self.scan_memory.get(key) == (size, mtime_ns, inode) and key not in pending:
+                    continue
+                verdict = self._intake_verdict(rt, rel, size, mtime_ns, inode)
+                if verdict == "later":
+                    self.scan_memory.pop(key, None)
+                    continue
+                self.scan_memory[key] = (size, mtime_ns, inode)
+                if verdict == "skip":
                     continue
                 self.settle.observe(key, Observation(size, mtime_ns, inode), now)
             for key in self.settle.pending():
                 if key[0] == rt.config.name and key not in seen:
                     self.settle.forget(key)
+            for key in [k for k in self.scan_memory if k[0] == rt.config.name and k not in seen]:
+                del self.scan_memory[key]
             log.debug("watcher.rescan_done", folder=rt.config.name, files=len(files))
             self._write_folder_statuses()
 
     def _wanted(self, rt: FolderRuntime, rel: str, size: int, mtime_ns: int, inode: int) -> bool:
         """Is this file (in this version) still to be taken in? Pure lookups, no I/O."""
+        return self._intake_verdict(rt, rel, size, mtime_ns, inode) == "take"
+
+    def _intake_verdict(
+        self, rt: FolderRuntime, rel: str, size: int, mtime_ns: int, inode: int
+    ) -> str:
+        """ "take" it in, "skip" this version for good, or look again "later"."""
         folder = rt.config
         verdict = classify(
             PurePosixPath(rel),
@@ -597,21 +616,23 @@ class Daemon:
             if rel not in rt.not_video_logged:
                 rt.not_video_logged.add(rel)
                 log.info("intake.not_a_video_name", folder=folder.name, file=rel)
-            return False
+            return "skip"
         if verdict is not Verdict.CANDIDATE:
-            return False
+            return "skip"  # its size or name must change before it counts
         key = (folder.name, rel)
         if self.skip_versions.get(key) == (size, mtime_ns, inode):
-            return False
+            return "skip"
         if key in self.intake_futures:
-            return False
+            return "later"
         assert self.journal is not None
         if self.journal.known_version(folder.name, rel, size, mtime_ns, inode) is not None:
-            return False
+            return "skip"
         latest = self.journal.latest_for_path(folder.name, rel)
+        if latest is None or latest.is_terminal or latest.upload_file_path is None:
+            return "take"
         # Uploaded or rendering already: a change now is a new version, taken once that job
         # has finished with the file.
-        return latest is None or latest.is_terminal or latest.upload_file_path is None
+        return "later"
 
     def _schedule_stats(self, now: float) -> None:
         pending: dict[str, list[str]] = {}
@@ -664,9 +685,8 @@ class Daemon:
             self.settle.forget(key)
             folder = self._effective_folder(rt.config, rel)
             assert self.journal is not None
-            previous_done = any(
-                j.state is _S.DONE for j in self.journal.jobs(folder=name) if j.rel_path == rel
-            )
+            latest = self.journal.latest_for_path(name, rel)
+            previous_done = latest is not None and latest.state is _S.DONE
             assert self.runner is not None
             self.intake_futures[key] = self.pool.submit(
                 self.runner.intake,
