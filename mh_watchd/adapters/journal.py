@@ -394,6 +394,9 @@ class Journal:
                 f"the journal's schema version {found} is newer than this mh-watchd knows "
                 f"({SCHEMA_VERSION}); upgrade mh-watchd"
             )
+        if found == 0:
+            # A daemon is creating it right now (its first transaction is not committed yet).
+            raise StateDirError(f"no journal yet at {path}")
         if found < SCHEMA_VERSION:
             raise StateDirError(
                 f"the journal at {path} has schema version {found}, this mh-watchd needs "

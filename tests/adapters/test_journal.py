@@ -580,7 +580,13 @@ def test_readonly_open_of_missing_journal_is_refused(tmp_path: Path) -> None:
 
 def test_readonly_open_of_an_unmigrated_journal_is_refused(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
-    (tmp_path / "state" / JOURNAL_FILENAME).write_bytes(b"")  # an empty file is a version-0 DB
+    path = tmp_path / "state" / JOURNAL_FILENAME
+    path.write_bytes(b"")  # an empty file is a version-0 DB: a daemon is creating it
+    with pytest.raises(StateDirError, match="no journal yet"):
+        Journal.open(tmp_path / "state", readonly=True)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 1")  # an older schema, before the charges table
+    conn.close()
     with pytest.raises(StateDirError, match="start the daemon once"):
         Journal.open(tmp_path / "state", readonly=True)
 

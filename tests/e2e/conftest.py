@@ -18,6 +18,7 @@ import pytest
 
 from mh_watchd.adapters.emulator import EmulatorOptions, EmulatorServer
 from mh_watchd.adapters.journal import Journal
+from mh_watchd.core.errors import StateDirError
 from mh_watchd.core.jobs import Job, JobState
 from tests.conftest import wait_for
 
@@ -148,7 +149,10 @@ def read_jobs(state_dir: Path) -> list[Job]:
     """Every job in the journal (read-only; empty until the daemon created it)."""
     if not (state_dir / "journal.sqlite3").exists():
         return []
-    journal = Journal.open(state_dir, readonly=True)
+    try:
+        journal = Journal.open(state_dir, readonly=True)
+    except StateDirError:
+        return []  # the daemon is creating it: its first transaction is not committed yet
     try:
         return journal.jobs()
     finally:
