@@ -1441,7 +1441,12 @@ class Daemon:
         interval = self.notify.watchdog_interval_seconds()
         if interval is not None and now - self.last_watchdog >= interval:
             self.last_watchdog = now
-            self.notify.watchdog()
+            report = self.health()
+            if report.healthy:
+                self.notify.watchdog()
+            else:
+                # No ping: systemd restarts a daemon that cannot write its journal.
+                log.error("daemon.unhealthy", reasons=list(report.reasons))
 
     def _alert(self, event: str, job: Job | None, reason: str, **fields: Any) -> None:
         if self.notifier is None:
