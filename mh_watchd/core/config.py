@@ -76,8 +76,6 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UMASK_RE = re.compile(r"^(0o)?[0-7]{1,4}$")
 _PORT_RE = re.compile(r"^[0-9]{1,5}$")
 _BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-_APOSTROPHES_RE = re.compile(r"['\u2019]")
-_NON_SLUG_RE = re.compile(r"[^a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -194,16 +192,6 @@ class Config:
             if key.casefold() == wanted:
                 return preset
         return None
-
-
-def style_slug(art_style: str) -> str:
-    """The art style as a file-name fragment: "Assassin's Creed" -> "assassins-creed".
-
-    Lowercased, apostrophes dropped, other runs of characters outside [a-z0-9] become "-",
-    leading and trailing "-" stripped.
-    """
-    lowered = _APOSTROPHES_RE.sub("", art_style.lower())
-    return _NON_SLUG_RE.sub("-", lowered).strip("-")
 
 
 def parse(raw: Mapping[str, Any], *, base_dir: PurePosixPath | None = None) -> Config:

@@ -15,9 +15,9 @@ from mh_watchd.core.config import (
     Config,
     Preset,
     parse,
-    style_slug,
 )
 from mh_watchd.core.errors import ConfigError
+from mh_watchd.core.naming import style_slug
 
 P = PurePosixPath
 SECRET = "mhk_live_Zq8sEcReT0000"
