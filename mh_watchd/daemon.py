@@ -925,7 +925,7 @@ class Daemon:
                     continue
                 fresh_upload = job.upload_file_path is not None and (
                     job.uploaded_at is not None
-                    and now - job.uploaded_at < backoff_upload_reuse_seconds()
+                    and now - job.uploaded_at < backoff.UPLOAD_REUSE_SECONDS
                 )
                 if fresh_upload and state is _S.QUEUED:
                     if active >= self.config.daemon.max_active_renders:
@@ -1566,11 +1566,6 @@ class Daemon:
             self.journal.close()
             self.journal = None
         log.info("daemon.stopped", unfinished_steps=len(self.in_flight))
-
-
-def backoff_upload_reuse_seconds() -> float:
-    """An upload older than this is not reused for a create (paths last 7 days)."""
-    return 6 * 24 * 3600.0
 
 
 __all__ = ["Daemon", "local_day"]

@@ -38,7 +38,6 @@ log = structlog.get_logger("mh_watchd")
 
 # Room kept in every name for " (nnn)" and the hidden temp-name wrapping around it.
 NAME_RESERVE_BYTES = 40
-UPLOAD_REUSE_SECONDS = 6 * 24 * 3600.0
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ OVERDUE_GIVE_UP_SECONDS = 7 * 24 * 3600.0
 # Presigned URLs answering 403/404 are refreshed this many times before counting as transient.
 URL_REFRESH_ATTEMPTS = 3
 
+# An upload (api-assets path, valid 7 days) older than this is not reused for a create.
+UPLOAD_REUSE_SECONDS = 6 * 24 * 3600.0
+
 # Held jobs: how often the account probe runs to release `auth` and `credits` holds.
 ACCOUNT_PROBE_SECONDS = 600.0
 
