@@ -24,6 +24,9 @@ class JobState(StrEnum):
     DONE = "done"  # every output placed; the original filed (or left, see original_left)
     FAILED = "failed"  # permanent: the original sits in the failed folder with .error.json
     HELD = "held"  # waiting on a cause (hold_reason) before resuming `resume_state`
+    # The file changed or vanished before its create: never paid for, never retried; the new
+    # content (if any) is a job of its own.
+    SUPERSEDED = "superseded"
 
 
 class HoldReason(StrEnum):
@@ -36,18 +39,23 @@ class HoldReason(StrEnum):
     RENDER_OVERDUE = "render_overdue"  # past render_timeout_minutes; still polled hourly
 
 
-TERMINAL_STATES: frozenset[JobState] = frozenset({JobState.DONE, JobState.FAILED})
+TERMINAL_STATES: frozenset[JobState] = frozenset(
+    {JobState.DONE, JobState.FAILED, JobState.SUPERSEDED}
+)
 # Jobs counted against max_active_renders.
 ACTIVE_RENDER_STATES: frozenset[JobState] = frozenset({JobState.SUBMITTING, JobState.RENDERING})
 
 _S = JobState
 LEGAL_MOVES: dict[JobState, frozenset[JobState]] = {
-    _S.QUEUED: frozenset({_S.UPLOADING, _S.SUBMITTING, _S.FAILED, _S.HELD}),
-    # uploading -> queued: the source changed mid-upload or a transient error waits for a retry
-    _S.UPLOADING: frozenset({_S.QUEUED, _S.SUBMITTING, _S.FAILED, _S.HELD}),
+    _S.QUEUED: frozenset({_S.UPLOADING, _S.SUBMITTING, _S.FAILED, _S.HELD, _S.SUPERSEDED}),
+    # uploading -> queued: a transient error waits for a retry; -> superseded: the source
+    # changed or vanished mid-upload
+    _S.UPLOADING: frozenset({_S.QUEUED, _S.SUBMITTING, _S.FAILED, _S.HELD, _S.SUPERSEDED}),
     # submitting -> queued: the upload is too old to reuse; submitting -> held: ambiguous create,
     # auth, credits or daily limit
-    _S.SUBMITTING: frozenset({_S.RENDERING, _S.QUEUED, _S.FAILED, _S.HELD, _S.SUBMITTING}),
+    _S.SUBMITTING: frozenset(
+        {_S.RENDERING, _S.QUEUED, _S.FAILED, _S.HELD, _S.SUBMITTING, _S.SUPERSEDED}
+    ),
     # rendering -> held only as render_overdue; rendering -> submitting on `retry` of an
     # overdue render is done from held
     _S.RENDERING: frozenset({_S.DOWNLOADING, _S.FAILED, _S.HELD}),
@@ -67,8 +75,11 @@ LEGAL_MOVES: dict[JobState, frozenset[JobState]] = {
             _S.DELIVERING,
             _S.FAILED,
             _S.HELD,
+            _S.SUPERSEDED,
         }
     ),
+    # superseded is final: the newer version is a job of its own
+    _S.SUPERSEDED: frozenset(),
 }
 
 

@@ -32,15 +32,18 @@ EXPECTED_LEGAL: frozenset[tuple[JobState, JobState]] = frozenset(
         (S.QUEUED, S.SUBMITTING),
         (S.QUEUED, S.FAILED),
         (S.QUEUED, S.HELD),
+        (S.QUEUED, S.SUPERSEDED),
         (S.UPLOADING, S.QUEUED),
         (S.UPLOADING, S.SUBMITTING),
         (S.UPLOADING, S.FAILED),
         (S.UPLOADING, S.HELD),
+        (S.UPLOADING, S.SUPERSEDED),
         (S.SUBMITTING, S.RENDERING),
         (S.SUBMITTING, S.QUEUED),
         (S.SUBMITTING, S.FAILED),
         (S.SUBMITTING, S.HELD),
         (S.SUBMITTING, S.SUBMITTING),
+        (S.SUBMITTING, S.SUPERSEDED),
         (S.RENDERING, S.DOWNLOADING),
         (S.RENDERING, S.FAILED),
         (S.RENDERING, S.HELD),
@@ -170,9 +173,15 @@ def test_release_refuses_a_held_job_without_resume_state() -> None:
         release(job_in(S.HELD, resume_state=None))
 
 
-def test_terminal_states_are_done_and_failed() -> None:
-    assert frozenset({S.DONE, S.FAILED}) == TERMINAL_STATES
-    assert [s for s in JobState if job_in(s).is_terminal] == [S.DONE, S.FAILED]
+def test_terminal_states_are_done_failed_and_superseded() -> None:
+    assert frozenset({S.DONE, S.FAILED, S.SUPERSEDED}) == TERMINAL_STATES
+    assert [s for s in JobState if job_in(s).is_terminal] == [S.DONE, S.FAILED, S.SUPERSEDED]
+
+
+def test_superseded_is_final_and_only_reached_before_a_create() -> None:
+    assert LEGAL_MOVES[S.SUPERSEDED] == frozenset()
+    reach = {s for s, targets in LEGAL_MOVES.items() if S.SUPERSEDED in targets}
+    assert reach == {S.QUEUED, S.UPLOADING, S.SUBMITTING, S.HELD}
 
 
 def test_rendering_job_with_stale_hold_reason_cannot_be_held_for_it() -> None:
