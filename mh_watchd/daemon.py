@@ -13,10 +13,11 @@ import dataclasses
 import os
 import queue
 import signal
+import stat
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
@@ -28,7 +29,7 @@ from mh_watchd import __version__
 from mh_watchd.adapters import config_file, logs
 from mh_watchd.adapters.fs import LocalFileSystem
 from mh_watchd.adapters.http_status import HealthReport, StatusServer
-from mh_watchd.adapters.journal import Journal
+from mh_watchd.adapters.journal import Journal, JournalConflict
 from mh_watchd.adapters.magic_hour import MagicHourClient, RequestRecord, build_http_client
 from mh_watchd.adapters.metrics import Metrics
 from mh_watchd.adapters.notifier import EventNotifier
@@ -56,8 +57,8 @@ from mh_watchd.core.jobs import (
     transition,
 )
 from mh_watchd.core.mounts import choose_watch_mode, inotify_fits, inotify_fix_hint
-from mh_watchd.core.outcomes import Action, dispose
-from mh_watchd.core.settle import Observation, SettleTracker
+from mh_watchd.core.outcomes import Kind, Move, PollFacts, Step, next_move
+from mh_watchd.core.tracker import IntakeTracker
 from mh_watchd.runner import IntakeResult, Runner, StepOutcome
 
 log = structlog.get_logger("mh_watchd")
@@ -67,39 +68,74 @@ FOLDER_CHECK_SECONDS = 5.0
 FOLDER_CHECK_DEADLINE_SECONDS = 30.0
 SETTLE_STAT_SECONDS = 0.5
 REQUEST_CHECK_SECONDS = 1.0
-STOP_GRACE_SECONDS = 8.0
 PROGRESS_WRITE_SECONDS = 2.0
+# A journal that refuses writes is tried again after this long, doubling up to the cap.
+JOURNAL_RETRY_SECONDS = 0.5
+JOURNAL_RETRY_MAX_SECONDS = 10.0
 _S = JobState
+
+
+_NO_ANSWER = f"the folder did not answer within {FOLDER_CHECK_DEADLINE_SECONDS:g} s"
 
 
 class Aborted(Exception):
     """A transfer stopped because the daemon is shutting down; the journal resumes it."""
 
 
+FOLDER_IO_THREADS = 4
+
+
 @dataclass
 class FolderRuntime:
-    """What the loop knows about one configured folder right now."""
+    """What the loop knows about one configured folder right now.
+
+    Each folder has executors of its own, so a share that hangs stalls only its folder: the
+    `checker` runs folder checks alone (a queue of slow transfers never delays a check past its
+    deadline), `io` runs everything else that touches the folder's share.
+    """
 
     config: FolderConfig
+    checker: ThreadPoolExecutor
+    io: ThreadPoolExecutor
     outage: str | None = None
     watch_mode: str = "polling"
     watch_reason: str = "not started"
     last_scan_mono: float | None = None
     last_scan_wall: float | None = None
     scan_future: Future[list[tuple[str, int, int, int]]] | None = None
+    stat_future: Future[list[tuple[str, os.stat_result | None, bool]]] | None = None
     check_future: Future[tuple[str | None, str | None]] | None = None
     check_started: float = 0.0
     last_check: float = -1e9
     output_problem: str | None = None
     watcher: NativeWatcher | Poller | None = None
-    not_video_logged: set[str] = field(default_factory=set)
+    watcher_future: Future[tuple[NativeWatcher | Poller | None, str, str]] | None = None
+    watcher_wanted: bool = False  # a (re)start was asked for while one was under way
+
+    @classmethod
+    def create(cls, config: FolderConfig) -> FolderRuntime:
+        return cls(
+            config=config,
+            checker=ThreadPoolExecutor(1, thread_name_prefix=f"mh-check-{config.name}"),
+            io=ThreadPoolExecutor(FOLDER_IO_THREADS, thread_name_prefix=f"mh-io-{config.name}"),
+        )
+
+    def close(self) -> None:
+        """Let go of the folder's threads; one stuck on a hung share is left to finish alone."""
+        self.checker.shutdown(wait=False, cancel_futures=True)
+        self.io.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
 class InFlight:
+    """A step running for a job. It stays here until its outcome is in the journal, so the job
+    is never scheduled again while its last outcome is unrecorded (invariant 9)."""
+
     job_id: int
     step: str
     future: Future[StepOutcome]
+    folder: str
+    outcome: StepOutcome | None = None
 
 
 def local_day(wall: float) -> str:
@@ -137,15 +173,24 @@ class Daemon:
         self.notifier: EventNotifier | None = None
         self.notify_http: httpx.Client | None = None
         self.events: queue.Queue[FsEvent] = queue.Queue()
-        self.settle = SettleTracker(config.daemon.settle_seconds)
+        self.tracker = IntakeTracker(config.daemon.settle_seconds)
         self.folders: dict[str, FolderRuntime] = {}
         self.jobs: dict[int, Job] = {}
+        # When each job is next due, on the monotonic clock (the journal's due_at is wall
+        # clock, for restarts; a clock step while running must not stall or rush a job).
+        self.due_mono: dict[int, float] = {}
         self.in_flight: dict[int, InFlight] = {}
         self.intake_futures: dict[tuple[str, str], Future[IntakeResult]] = {}
-        self.stat_futures: dict[str, Future[list[tuple[str, os.stat_result | None]]]] = {}
+        # Per settling file: its ready marker is there and nothing else holds it back, as of
+        # the last stat pass (the loop never checks a marker itself).
+        self.intake_ready: dict[tuple[str, str], bool] = {}
+        self.request_futures: dict[
+            int, tuple[Future[tuple[str, os.stat_result | None]], Callable[..., str]]
+        ] = {}
         self.misc_futures: list[Future[Any]] = []
-        self.skip_versions: dict[tuple[str, str], tuple[int, int, int]] = {}
-        self.scan_memory: dict[tuple[str, str], tuple[int, int, int]] = {}
+        # Failed jobs whose original waits to be filed until the folder's shares answer:
+        # folder -> job id -> (reason, request, service).
+        self.deferred_failures: dict[str, dict[int, tuple[str, str, str | None]]] = {}
         self.account_block: HoldReason | None = None
         self.last_account_probe = -1e9
         self.account_future: Future[tuple[str, int | None]] | None = None
@@ -156,14 +201,14 @@ class Daemon:
         self.last_status_line = ""
         self.last_progress_write = -1e9
         self.stored_progress: dict[int, float] = {}
+        self.journal_error: str | None = None
+        self.journal_retry_mono = 0.0
+        self.journal_retry_wait = JOURNAL_RETRY_SECONDS
         self.stopping = False
         self.reload_requested = False
         self.signal_count = 0
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mh-worker")
-        self.transfer_pool = ThreadPoolExecutor(
-            max_workers=max(config.daemon.max_parallel_uploads, 1) + 2,
-            thread_name_prefix="mh-transfer",
-        )
+        # API round trips that touch no share: creates, polls, the account probe.
+        self.api_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mh-api")
         self.runner: Runner | None = None
         self.account_probe_seconds = float(
             self.environ.get("MH_WATCHD_ACCOUNT_PROBE_SECONDS", backoff.ACCOUNT_PROBE_SECONDS)
@@ -213,10 +258,11 @@ class Daemon:
         self._start_status_server()
         self._start_notifier()
         for folder in self.config.folders:
-            self.folders[folder.name] = FolderRuntime(config=folder)
+            self.folders[folder.name] = FolderRuntime.create(folder)
         self._check_all_folders_now()
         for runtime in self.folders.values():
             self._start_watcher(runtime)
+        self._wait_for_watchers()
         self.journal.set_meta("daemon_pid", str(os.getpid()))
         self.journal.set_meta("daemon_started_at", str(self.clock()))
         self._write_folder_statuses()
@@ -227,6 +273,21 @@ class Daemon:
             folders=[f.name for f in self.config.folders],
             state_dir=str(self.state_dir),
         )
+
+    def _wait_for_watchers(self) -> None:
+        """READY=1 comes once each folder is watched or in outage: wait for the watchers to
+        start, up to the folder check's deadline; a folder still starting then is in outage."""
+        deadline = self.monotonic() + FOLDER_CHECK_DEADLINE_SECONDS
+        for rt in self.folders.values():
+            fut = rt.watcher_future
+            if fut is None:
+                continue
+            with contextlib.suppress(Exception):
+                fut.result(timeout=max(0.0, deadline - self.monotonic()))
+        self._collect_watchers()
+        for rt in self.folders.values():
+            if rt.watcher_future is not None and rt.outage is None:
+                self._apply_folder_check(rt, _NO_ANSWER, None)
 
     def _client(self) -> MagicHourClient:
         assert self.http is not None
@@ -254,12 +315,22 @@ class Daemon:
                 job = dataclasses.replace(job, due_at=min(job.due_at, due))
             if job.state is _S.SUBMITTING and job.project_id is None:
                 job = self._save(
-                    hold(job, HoldReason.AMBIGUOUS_CREATE, updated_at=now),
+                    hold(
+                        job,
+                        HoldReason.AMBIGUOUS_CREATE,
+                        updated_at=now,
+                        last_error=(
+                            "the daemon stopped inside the create request; look for "
+                            f"{job.service_name!r} in the web app, then run "
+                            f"'mh-watchd retry {job.id}'"
+                        ),
+                    ),
                     "job.create_ambiguous",
                     {"why": "the daemon stopped inside the create request"},
                 )
                 self._alert("held", job, "ambiguous_create")
             self.jobs[job_id] = job
+            self._set_due(job)
         log.info("journal.recovered", unfinished=len(self.jobs))
 
     def _start_status_server(self) -> None:
@@ -290,17 +361,27 @@ class Daemon:
 
     # ------------------------------------------------------------------ watching
     def _start_watcher(self, runtime: FolderRuntime) -> None:
-        folder = runtime.config
-        root = Path(str(folder.inbox))
-        if runtime.watcher is not None:
-            runtime.watcher.stop()
-            runtime.watcher = None
-        if runtime.outage:
-            runtime.watch_mode, runtime.watch_reason = (
-                "polling",
-                f"inbox in outage: {runtime.outage}",
-            )
+        """(Re)start the folder's watcher in its own worker: choosing the mode reads the share
+        (statfs, a directory count) and stopping a poller may wait for its thread."""
+        if runtime.watcher_future is not None:
+            runtime.watcher_wanted = True
             return
+        old, runtime.watcher = runtime.watcher, None
+        if runtime.outage:
+            runtime.watch_mode = "polling"
+            runtime.watch_reason = f"inbox in outage: {runtime.outage}"
+            if old is not None:
+                runtime.io.submit(old.stop)
+            return
+        runtime.watcher_future = runtime.io.submit(self._build_watcher, runtime.config, old)
+
+    def _build_watcher(
+        self, folder: FolderConfig, old: NativeWatcher | Poller | None
+    ) -> tuple[NativeWatcher | Poller | None, str, str]:
+        """Runs in the folder's worker: stop the old watcher, choose a mode, start a new one."""
+        if old is not None:
+            old.stop()
+        root = Path(str(folder.inbox))
         fs_type = self.fs.fs_type(root)
         mode, reason = choose_watch_mode(folder.observer, fs_type)
         if mode == "native" and folder.recursive:
@@ -332,9 +413,32 @@ class Daemon:
         else:
             watcher = self._poller(folder, root)
             watcher.start()
-        runtime.watcher = watcher
-        runtime.watch_mode, runtime.watch_reason = mode, reason
         log.info("watcher.started", folder=folder.name, mode=mode, reason=reason)
+        return watcher, mode, reason
+
+    def _collect_watchers(self) -> None:
+        for rt in self.folders.values():
+            fut = rt.watcher_future
+            if fut is None or not fut.done():
+                continue
+            rt.watcher_future = None
+            try:
+                watcher, mode, reason = fut.result()
+            except Exception as exc:
+                log.warning("watcher.start_failed", folder=rt.config.name, error=str(exc))
+                rt.watch_mode, rt.watch_reason = "polling", f"watcher failed to start: {exc}"
+                rt.last_check = -1e9  # the folder check tells whether the inbox is there
+                continue
+            if rt.outage or rt.watcher_wanted:
+                # Outage began, or the config changed, while it was starting: start over.
+                rt.watcher_wanted = False
+                rt.watcher = watcher
+                self._start_watcher(rt)
+                continue
+            rt.watcher = watcher
+            rt.watch_mode, rt.watch_reason = mode, reason
+            rt.last_scan_mono = None  # list it now: events before the watch began were missed
+            self._write_folder_statuses()
 
     def _poller(self, folder: FolderConfig, root: Path) -> Poller:
         return Poller(
@@ -380,7 +484,12 @@ class Daemon:
         return condition()
 
     def tick(self) -> None:
-        """One pass of the loop: collect outcomes, then decide what starts next."""
+        """One pass of the loop: collect outcomes, then decide what starts next.
+
+        While the journal refuses writes (invariant 9) nothing new starts anywhere: the loop
+        only collects what finishes, keeps outcomes it could not record, and tries the journal
+        again with backoff.
+        """
         try:
             now_mono = self.monotonic()
             self.last_tick_mono = now_mono
@@ -389,11 +498,18 @@ class Daemon:
                 self.reload()
             self._drain_events(now_mono)
             self._collect_folder_checks(now_mono)
+            self._collect_watchers()
             self._collect_scans(now_mono)
             self._collect_stats(now_mono)
+            if self.journal_error is not None:
+                if now_mono < self.journal_retry_mono:
+                    self._report(now_mono)
+                    return
+                self._probe_journal()
+            self._collect_outcomes()  # outcomes not yet journaled are written first
             self._collect_intakes()
-            self._collect_outcomes()
             self._collect_account_probe()
+            self._collect_requests()
             self._handle_requests(now_mono)
             if not self.stopping:
                 self._schedule_folder_checks(now_mono)
@@ -404,41 +520,75 @@ class Daemon:
                 self._schedule_account_probe(now_mono)
             self._store_progress(now_mono)
             self._report(now_mono)
+        except StateDirError as exc:
+            self._journal_failed(exc)
         except Exception:
             # The top of the loop: one unexpected error never stops the daemon.
             log.exception("daemon.tick_failed")
 
+    def _journal_failed(self, exc: Exception) -> None:
+        """The journal refused a write: start nothing new until it takes writes again."""
+        now = self.monotonic()
+        if self.journal_error is None:
+            self.journal_retry_wait = JOURNAL_RETRY_SECONDS
+            log.error(
+                "journal.write_refused",
+                error=str(exc),
+                hint="free space or fix the disk under daemon.state_dir; work resumes by itself",
+            )
+        else:
+            self.journal_retry_wait = min(self.journal_retry_wait * 2, JOURNAL_RETRY_MAX_SECONDS)
+        self.journal_error = str(exc)
+        self.journal_retry_mono = now + self.journal_retry_wait
+
+    def _probe_journal(self) -> None:
+        """Raise StateDirError while the journal still refuses writes; else clear the error."""
+        assert self.journal is not None
+        # A real commit: a rolled-back write can pass on a full disk that refuses commits.
+        self.journal.set_meta("journal_probe", str(self.clock()))
+        log.info("journal.writable_again", was=self.journal_error)
+        self.journal_error = None
+
     # ------------------------------------------------------------------ folders
     def _check_all_folders_now(self) -> None:
         futures = {
-            name: self.pool.submit(self._check_folder, rt.config)
+            name: rt.checker.submit(self._check_folder, rt.config)
             for name, rt in self.folders.items()
         }
+        deadline = self.monotonic() + FOLDER_CHECK_DEADLINE_SECONDS
         for name, fut in futures.items():
             rt = self.folders[name]
             try:
-                outage, output_problem = fut.result(timeout=FOLDER_CHECK_DEADLINE_SECONDS)
+                outage, output_problem = fut.result(timeout=max(0.0, deadline - self.monotonic()))
+            except TimeoutError:
+                outage, output_problem = _NO_ANSWER, None
+                rt.check_future, rt.check_started = fut, self.monotonic()
             except Exception as exc:
                 outage, output_problem = f"check failed: {exc}", None
             self._apply_folder_check(rt, outage, output_problem)
             rt.last_check = self.monotonic()
 
     def _check_folder(self, folder: FolderConfig) -> tuple[str | None, str | None]:
-        """Runs in a worker: (inbox outage reason, outbox/archive problem), None when fine."""
+        """Runs in the folder's checker: (inbox outage reason, output problem), None when fine.
+
+        Roots are never created: a missing outbox, archive or failed folder is a share that is
+        not mounted. Only the default archive and failed folders inside the inbox are made.
+        """
         inbox = Path(str(folder.inbox))
         outage = self.fs.check_inbox(
             inbox, require_mount=folder.require_mount, mount_marker=folder.mount_marker
         )
-        output_problem = None
-        if outage is None:
-            for label, path in (("outbox", folder.outbox), ("archive", folder.archive)):
-                if label == "archive" and folder.on_success != "archive":
-                    continue
-                problem = self.fs.check_writable_dir(Path(str(path)), create=True)
-                if problem:
-                    output_problem = f"{label} {path}: {problem}"
-                    break
-        return outage, output_problem
+        if outage is not None:
+            return outage, None
+        roots = [("outbox", folder.outbox), ("failed", folder.failed)]
+        if folder.on_success == "archive":
+            roots.insert(1, ("archive", folder.archive))
+        for label, path in roots:
+            inside_inbox = PurePosixPath(path).is_relative_to(folder.inbox)
+            problem = self.fs.check_writable_dir(Path(str(path)), create=inside_inbox)
+            if problem:
+                return None, f"{label} {path}: {problem}"
+        return None, None
 
     def _schedule_folder_checks(self, now: float) -> None:
         for rt in self.folders.values():
@@ -448,11 +598,11 @@ class Daemon:
                     and now - rt.check_started > FOLDER_CHECK_DEADLINE_SECONDS
                     and rt.outage is None
                 ):
-                    self._apply_folder_check(rt, "the inbox did not answer within 30 s", None)
+                    self._apply_folder_check(rt, _NO_ANSWER, None)
                 continue
             if now - rt.last_check >= FOLDER_CHECK_SECONDS or self.force_recheck:
                 rt.check_started = now
-                rt.check_future = self.pool.submit(self._check_folder, rt.config)
+                rt.check_future = rt.checker.submit(self._check_folder, rt.config)
 
     def _collect_folder_checks(self, now: float) -> None:
         for rt in self.folders.values():
@@ -475,21 +625,19 @@ class Daemon:
             if outage:
                 log.warning("folder.outage_started", folder=name, reason=outage)
                 self._alert("outage", None, outage, folder=name)
-                # Forget half-settled files: during an outage nothing is "deleted".
-                for key in [k for k in self.settle.pending() if k[0] == name]:
-                    self.settle.forget(key)
+                # Forget every file of the folder: during an outage nothing is "deleted", and
+                # once it ends the rescan sees each file afresh.
+                self.tracker.forget_folder(name)
             else:
                 log.info("folder.outage_ended", folder=name, was=rt.outage)
             previous = rt.outage
             rt.outage = outage
             self.metrics.outage(name, bool(outage))
-            if previous and not outage and self.journal is not None:
+            if previous and not outage:
                 self._start_watcher(rt)
                 rt.last_scan_mono = None  # rescan at once
-            elif outage and rt.watcher is not None:
-                rt.watcher.stop()
-                rt.watcher = None
-                rt.watch_mode, rt.watch_reason = "polling", f"inbox in outage: {outage}"
+            elif outage and (rt.watcher is not None or rt.watcher_future is not None):
+                self._start_watcher(rt)  # stops the watcher in the folder's worker
             self._write_folder_statuses()
         if output_problem != rt.output_problem:
             if output_problem:
@@ -497,6 +645,8 @@ class Daemon:
             else:
                 log.info("folder.output_available", folder=name)
             rt.output_problem = output_problem
+        if not outage and not output_problem:
+            self._file_deferred_failures(rt)
 
     def _write_folder_statuses(self) -> None:
         if self.journal is None:
@@ -522,19 +672,19 @@ class Daemon:
             rt = self.folders.get(event.folder)
             if rt is None or rt.outage:
                 continue
+            key = (event.folder, event.rel_path.as_posix())
             if event.kind == "overflow":
                 rt.last_scan_mono = None
-                continue
-            if event.kind == "dir_changed":
+            elif event.kind == "dir_changed":
                 rt.last_scan_mono = None  # a directory appeared or moved in: list it now
             elif event.kind == "changed":
                 # The next stat pass gives it an observation; the event restarts its quiet period.
-                self.settle.touched((event.folder, event.rel_path.as_posix()), now)
+                self.tracker.touched(key, now)
             elif event.kind == "deleted":
                 if event.rel_path == PurePosixPath("."):
                     rt.last_check = -1e9  # the inbox itself vanished: check the folder now
                     continue
-                self.settle.forget((event.folder, event.rel_path.as_posix()))
+                self.tracker.forget(key)
 
     def _schedule_scans(self, now: float) -> None:
         for rt in self.folders.values():
@@ -544,10 +694,10 @@ class Daemon:
                 rt.last_scan_mono is None
                 or now - rt.last_scan_mono >= self.config.daemon.rescan_seconds
             ):
-                rt.scan_future = self.pool.submit(self._scan_folder, rt.config)
+                rt.scan_future = rt.io.submit(self._scan_folder, rt.config)
 
     def _scan_folder(self, folder: FolderConfig) -> list[tuple[str, int, int, int]]:
-        """Runs in a worker: every candidate file as (rel_path, size, mtime_ns, inode)."""
+        """Runs in the folder's worker: every candidate as (rel_path, size, mtime_ns, inode)."""
         found = []
         root = Path(str(folder.inbox))
         for rel, st in scan_tree(root, recursive=folder.recursive, prune=is_ignored_dir):
@@ -569,35 +719,29 @@ class Daemon:
                 continue
             if rt.outage:
                 continue
-            self.metrics.scanned(rt.config.name, rt.last_scan_wall)
+            name = rt.config.name
+            self.metrics.scanned(name, rt.last_scan_wall)
             seen = set()
-            pending = set(self.settle.pending())
             for rel, size, mtime_ns, inode in files:
-                key = (rt.config.name, rel)
+                key = (name, rel)
                 seen.add(key)
+                stats = (size, mtime_ns, inode)
                 # A big NAS tree is mostly unchanged files: only new or changed ones cost a
                 # journal lookup.
-                if self.scan_memory.get(key) == (size, mtime_ns, inode) and key not in pending:
+                if self.tracker.unchanged_since_scan(key, stats):
                     continue
                 verdict = self._intake_verdict(rt, rel, size, mtime_ns, inode)
-                if verdict == "later":
-                    self.scan_memory.pop(key, None)
-                    continue
-                self.scan_memory[key] = (size, mtime_ns, inode)
                 if verdict == "skip":
+                    self.tracker.remember(key, stats)
                     continue
-                self.settle.observe(key, Observation(size, mtime_ns, inode), now)
-            for key in self.settle.pending():
-                if key[0] == rt.config.name and key not in seen:
-                    self.settle.forget(key)
-            for key in [k for k in self.scan_memory if k[0] == rt.config.name and k not in seen]:
-                del self.scan_memory[key]
-            log.debug("watcher.rescan_done", folder=rt.config.name, files=len(files))
+                # "take" settles it; "later" keeps it settling (looked at again each stat pass)
+                # until the job that still holds its path lets go.
+                self.tracker.observe(key, stats, now)
+            for key in self.tracker.pending(name) + self.tracker.scanned_keys(name):
+                if key not in seen and key not in self.intake_futures:
+                    self.tracker.forget(key)
+            log.debug("watcher.rescan_done", folder=name, files=len(files))
             self._write_folder_statuses()
-
-    def _wanted(self, rt: FolderRuntime, rel: str, size: int, mtime_ns: int, inode: int) -> bool:
-        """Is this file (in this version) still to be taken in? Pure lookups, no I/O."""
-        return self._intake_verdict(rt, rel, size, mtime_ns, inode) == "take"
 
     def _intake_verdict(
         self, rt: FolderRuntime, rel: str, size: int, mtime_ns: int, inode: int
@@ -612,15 +756,14 @@ class Daemon:
             min_size_bytes=folder.min_size_bytes,
             ready_marker=folder.ready_marker,
         )
+        key = (folder.name, rel)
         if verdict is Verdict.NOT_VIDEO:
-            if rel not in rt.not_video_logged:
-                rt.not_video_logged.add(rel)
+            if self.tracker.first_not_video(key):
                 log.info("intake.not_a_video_name", folder=folder.name, file=rel)
             return "skip"
         if verdict is not Verdict.CANDIDATE:
             return "skip"  # its size or name must change before it counts
-        key = (folder.name, rel)
-        if self.skip_versions.get(key) == (size, mtime_ns, inode):
+        if self.tracker.is_skipped(key, (size, mtime_ns, inode)):
             return "skip"
         if key in self.intake_futures:
             return "later"
@@ -628,67 +771,85 @@ class Daemon:
         if self.journal.known_version(folder.name, rel, size, mtime_ns, inode) is not None:
             return "skip"
         latest = self.journal.latest_for_path(folder.name, rel)
-        if latest is None or latest.is_terminal or latest.upload_file_path is None:
+        if latest is None or latest.is_terminal:
             return "take"
-        # Uploaded or rendering already: a change now is a new version, taken once that job
-        # has finished with the file.
+        assert latest.id is not None
+        if latest.upload_file_path is None and latest.id not in self.in_flight:
+            return "take"  # queued, not uploading: intake refreshes that job's facts
+        # Uploading, uploaded or rendering: the running step ends that job (superseded if it
+        # is still before its create), or the change is a new version once it is done.
         return "later"
 
     def _schedule_stats(self, now: float) -> None:
-        pending: dict[str, list[str]] = {}
-        for folder, rel in self.settle.pending():
-            pending.setdefault(folder, []).append(rel)
-        for name, rels in pending.items():
-            rt = self.folders.get(name)
-            if rt is None or rt.outage or name in self.stat_futures:
+        for rt in self.folders.values():
+            if rt.outage or rt.stat_future is not None:
                 continue
-            root = Path(str(rt.config.inbox))
-            self.stat_futures[name] = self.pool.submit(self._stat_many, root, rels)
+            rels = [rel for _, rel in self.tracker.pending(rt.config.name)]
+            if rels:
+                root = Path(str(rt.config.inbox))
+                rt.stat_future = rt.io.submit(self._stat_many, root, rels, rt.config.ready_marker)
 
-    def _stat_many(self, root: Path, rels: list[str]) -> list[tuple[str, os.stat_result | None]]:
-        """Runs in a worker: lstat each pending file (None when it is gone)."""
-        return [(rel, self.fs.stat(root / rel)) for rel in rels]
+    def _stat_many(
+        self, root: Path, rels: list[str], marker: str
+    ) -> list[tuple[str, os.stat_result | None, bool]]:
+        """Runs in the folder's worker: lstat each pending file (None when it is gone) and
+        whether its ready marker exists (True when the folder uses none)."""
+        results = []
+        for rel in rels:
+            st = self.fs.stat(root / rel)
+            ready = True
+            if marker and st is not None:
+                ready = (
+                    self.fs.stat(root / ready_marker_path(PurePosixPath(rel), marker)) is not None
+                )
+            results.append((rel, st, ready))
+        return results
 
     def _collect_stats(self, now: float) -> None:
-        for name, fut in list(self.stat_futures.items()):
-            if not fut.done():
+        for rt in self.folders.values():
+            fut = rt.stat_future
+            if fut is None or not fut.done():
                 continue
-            del self.stat_futures[name]
+            rt.stat_future = None
+            name = rt.config.name
             try:
                 results = fut.result()
             except Exception as exc:
                 log.warning("intake.stat_failed", folder=name, error=str(exc))
                 continue
-            rt = self.folders.get(name)
-            if rt is None or rt.outage:
+            if rt.outage:
                 continue
-            for rel, st in results:
+            for rel, st, marker_ready in results:
                 key = (name, rel)
-                if st is None:
-                    self.settle.forget(key)
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    self.tracker.forget(key)  # gone, or a link / not a file now: never taken
                     continue
-                if not self._wanted(rt, rel, st.st_size, st.st_mtime_ns, st.st_ino):
-                    self.settle.forget(key)
+                verdict = self._intake_verdict(rt, rel, st.st_size, st.st_mtime_ns, st.st_ino)
+                if verdict == "skip":
+                    self.tracker.forget(key)
+                    self.tracker.remember(key, (st.st_size, st.st_mtime_ns, st.st_ino))
                     continue
-                self.settle.observe(key, Observation(st.st_size, st.st_mtime_ns, st.st_ino), now)
+                self.tracker.observe(key, (st.st_size, st.st_mtime_ns, st.st_ino), now)
+                self.intake_ready[key] = marker_ready and verdict == "take"
 
     def _schedule_intakes(self, now: float) -> None:
-        for key in list(self.settle.pending()):
+        for key in self.tracker.pending():
             name, rel = key
             rt = self.folders.get(name)
             if rt is None or rt.outage or key in self.intake_futures:
                 continue
-            if not self.settle.ready(key, now, rt.config.settle_seconds):
+            if not self.tracker.ready(key, now, rt.config.settle_seconds):
                 continue
-            if rt.config.ready_marker and not self._marker_ready(rt, rel):
-                continue
-            self.settle.forget(key)
+            if not self.intake_ready.get(key, False):
+                continue  # its marker is missing, or a job still holds its path
+            self.tracker.taken(key)
+            self.intake_ready.pop(key, None)
             folder = self._effective_folder(rt.config, rel)
             assert self.journal is not None
             latest = self.journal.latest_for_path(name, rel)
             previous_done = latest is not None and latest.state is _S.DONE
             assert self.runner is not None
-            self.intake_futures[key] = self.pool.submit(
+            self.intake_futures[key] = rt.io.submit(
                 self.runner.intake,
                 name,
                 Path(str(folder.inbox)),
@@ -697,10 +858,6 @@ class Daemon:
                 max_seconds=folder.max_seconds,
                 hash_now=previous_done,
             )
-
-    def _marker_ready(self, rt: FolderRuntime, rel: str) -> bool:
-        marker = ready_marker_path(PurePosixPath(rel), rt.config.ready_marker)
-        return (Path(str(rt.config.inbox)) / marker).exists()
 
     def _effective_folder(self, folder: FolderConfig, rel: str) -> FolderConfig:
         """The folder's settings for `rel`: a first-level subfolder named after a preset uses
@@ -738,19 +895,27 @@ class Daemon:
                 result = fut.result()
             except Exception as exc:
                 log.warning("intake.failed", folder=key[0], file=key[1], error=str(exc))
+                self.tracker.forget(key)  # seen afresh by the next stat pass or rescan
                 continue
-            self._apply_intake(result)
+            try:
+                self._apply_intake(result)
+            except Exception:
+                self.tracker.forget(key)  # not recorded: the next rescan takes it again
+                raise
 
     def _apply_intake(self, r: IntakeResult) -> None:
         assert self.journal is not None
+        key = (r.folder, r.rel_path)
         rt = self.folders.get(r.folder)
-        if rt is None or r.vanished:
+        if rt is None:
             return
+        if r.vanished or getattr(r, "link", False):
+            self.tracker.forget(key)
+            return
+        now_mono = self.monotonic()
         if r.busy:
-            key = (r.folder, r.rel_path)
-            now_mono = self.monotonic()
-            self.settle.observe(key, Observation(r.size, r.mtime_ns, r.inode), now_mono)
-            self.settle.touched(key, now_mono)
+            self.tracker.observe(key, (r.size, r.mtime_ns, r.inode), now_mono)
+            self.tracker.touched(key, now_mono)
             log.debug("intake.still_open_for_writing", folder=r.folder, file=r.rel_path)
             return
         folder = rt.config
@@ -758,7 +923,7 @@ class Daemon:
         if r.sha256 is not None:
             done = self.journal.find_done_version(r.folder, r.rel_path, r.size, r.sha256)
             if done is not None:
-                self.skip_versions[(r.folder, r.rel_path)] = (r.size, r.mtime_ns, r.inode)
+                self.tracker.skip(key, (r.size, r.mtime_ns, r.inode))
                 log.info(
                     "intake.already_done",
                     **log_ctx,
@@ -769,11 +934,13 @@ class Daemon:
                 return
         latest = self.journal.latest_for_path(r.folder, r.rel_path)
         now = self.clock()
-        if latest is not None and not latest.is_terminal and latest.upload_file_path is None:
-            # The same path came back changed before its upload: refresh that job's facts.
+        if latest is not None and not latest.is_terminal:
             assert latest.id is not None
-            if latest.id in self.in_flight:
+            if latest.upload_file_path is not None or latest.id in self.in_flight:
+                # A job started on this path meanwhile: look again once it lets go.
+                self.tracker.touched(key, now_mono)
                 return
+            # The same path came back changed before its upload: refresh that job's facts.
             updated = dataclasses.replace(
                 latest,
                 size=r.size,
@@ -786,7 +953,8 @@ class Daemon:
                 end_seconds=r.end_seconds,
                 updated_at=now,
             )
-            self.jobs[latest.id] = self._save(updated, "job.source_refreshed", {})
+            self._save(updated, "job.source_refreshed", {})
+            self.tracker.remember(key, (r.size, r.mtime_ns, r.inode))
             return
         settings = self._settings_for(folder, r.rel_path)
         job = Job(
@@ -812,6 +980,7 @@ class Daemon:
         job = self.journal.insert(job, event="job.queued", detail={"size": r.size})
         assert job.id is not None
         self.jobs[job.id] = job
+        self.tracker.remember(key, (r.size, r.mtime_ns, r.inode))
         log.info("job.queued", **log_ctx, job_id=job.id, estimate=job.credits_estimate)
         limit = self.config.daemon.daily_credit_limit
         if r.error is not None:
@@ -832,9 +1001,20 @@ class Daemon:
         assert saved.id is not None
         if saved.is_terminal:
             self.jobs.pop(saved.id, None)
+            self.due_mono.pop(saved.id, None)
         else:
             self.jobs[saved.id] = saved
+            self._set_due(saved)
         return saved
+
+    def _set_due(self, job: Job) -> None:
+        """Mirror the job's wall-clock due_at on the monotonic clock (`_due` compares that)."""
+        assert job.id is not None
+        if job.due_at is None:
+            self.due_mono.pop(job.id, None)
+        else:
+            wait = backoff.clamp_due_seconds(job.due_at - self.clock())
+            self.due_mono[job.id] = self.monotonic() + wait
 
     def _move(self, job: Job, state: JobState, event: str, **changes: Any) -> Job:
         detail = changes.pop("_detail", {})
@@ -868,37 +1048,75 @@ class Daemon:
         return saved
 
     def _fail(self, job: Job, reason: str, *, request: str, service: str | None) -> None:
-        """Commit `failed`, then file the original away in a worker."""
+        """Commit `failed`, then file the original away in the folder's worker."""
         failed = self._move(
             job, _S.FAILED, "job.failed", last_error=reason, _detail={"why": reason}
         )
         self._alert("failed", failed, reason)
-        assert self.runner is not None
-        runner = self.runner
+        self._file_failure(failed, reason, request=request, service=service)
+
+    def _file_failure(self, failed: Job, reason: str, *, request: str, service: str | None) -> None:
+        rt = self.folders.get(failed.folder)
+        if rt is None or rt.outage or rt.output_problem:
+            # The failed folder's share is away: file it once the folder check passes.
+            self.deferred_failures.setdefault(failed.folder, {})[failed.id or 0] = (
+                reason,
+                request,
+                service,
+            )
+            return
+        assert self.runner is not None and failed.id is not None
+        runner, journal, job_id = self.runner, self.journal, failed.id
 
         def file_it() -> None:
-            try:
-                path = runner.file_failure(failed, reason, request=request, service=service)
-            except Exception as exc:
-                log.error("job.failed_filing_error", job_id=failed.id, error=str(exc))
+            path = runner.file_failure(failed, reason, request=request, service=service)
+            assert journal is not None
+            current = journal.get(job_id)
+            if current is None or current.state is not _S.FAILED:
                 return
-            assert self.journal is not None
-            current = self.journal.get(failed.id or 0)
-            if current is not None and current.state is _S.FAILED:
-                self.journal.save(
+            with contextlib.suppress(JournalConflict):  # a `retry` took it meanwhile
+                journal.save(
                     dataclasses.replace(current, failed_path=path, updated_at=self.clock()),
                     event="job.original_filed",
                     detail={"path": path},
+                    expect_state=_S.FAILED,
                 )
 
-        self.misc_futures.append(self.pool.submit(file_it))
+        def filed(fut: Future[None]) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                log.error("job.failed_filing_error", job_id=job_id, error=str(exc))
+                self.deferred_failures.setdefault(failed.folder, {})[job_id] = (
+                    reason,
+                    request,
+                    service,
+                )
+
+        fut = rt.io.submit(file_it)
+        fut.add_done_callback(filed)
+        self.misc_futures.append(fut)
+
+    def _file_deferred_failures(self, rt: FolderRuntime) -> None:
+        waiting = self.deferred_failures.pop(rt.config.name, None)
+        if not waiting or self.journal is None:
+            return
+        for job_id, (reason, request, service) in waiting.items():
+            job = self.journal.get(job_id)
+            if job is not None and job.state is _S.FAILED and job.failed_path is None:
+                self._file_failure(job, reason, request=request, service=service)
 
     def _due(self, job: Job, now: float) -> bool:
-        return job.due_at is None or job.due_at <= now
+        due = self.due_mono.get(job.id or 0)
+        return due is None or due <= self.monotonic()
 
     def _schedule_jobs(self) -> None:
         now = self.clock()
-        uploads = sum(1 for f in self.in_flight.values() if f.step == "upload")
+        # An upload stuck on a hung share does not hold a slot the other folders need.
+        uploads = sum(
+            1
+            for f in self.in_flight.values()
+            if f.step == "upload" and not self._folder_in_outage(f.folder)
+        )
         active = sum(1 for j in self.jobs.values() if j.state in ACTIVE_RENDER_STATES)
         waiting_uploaded = sum(
             1 for j in self.jobs.values() if j.state is _S.QUEUED and j.upload_file_path is not None
@@ -966,7 +1184,14 @@ class Daemon:
                 self._start(job, "upload")
             elif state is _S.SUBMITTING:
                 if job.project_id is None:
-                    self._start(job, "create")  # only reached after a refused/not-sent retry
+                    # Every create is started in the same pass that journals `submitting`, and
+                    # its outcome stays in flight until journaled: a submitting job with no
+                    # step running lost its create's answer. Never send it again unasked.
+                    self._hold(
+                        job,
+                        HoldReason.AMBIGUOUS_CREATE,
+                        "the answer to this job's create request was lost; check the web app",
+                    )
             elif state is _S.RENDERING:
                 timeout = self.config.api.render_timeout_minutes * 60
                 if job.render_started_at and now - job.render_started_at > timeout:
@@ -1027,7 +1252,13 @@ class Daemon:
         )
         return saved
 
+    def _folder_in_outage(self, name: str) -> bool:
+        rt = self.folders.get(name)
+        return rt is not None and rt.outage is not None
+
     def _start(self, job: Job, step: str) -> None:
+        """Run `step` for `job` in a worker: share work in the folder's own executor, API
+        round trips in the API pool. The job stays in flight until its outcome is journaled."""
         assert job.id is not None and self.runner is not None
         runner = self.runner
         job_id = job.id
@@ -1039,117 +1270,177 @@ class Daemon:
             if current is not None and total:
                 self.jobs[job_id] = dataclasses.replace(current, progress=done / total)
 
+        rt = self.folders.get(job.folder)
+        share_pool = rt.io if rt is not None else self.api_pool
         fut: Future[StepOutcome]
         if step == "upload":
-            fut = self.transfer_pool.submit(runner.upload, job, progress)
+            fut = share_pool.submit(runner.upload, job, progress)
         elif step == "download":
-            fut = self.transfer_pool.submit(runner.download, job, progress)
-        elif step == "create":
-            fut = self.pool.submit(runner.create, job)
-        elif step == "poll":
-            fut = self.pool.submit(runner.poll, job)
+            fut = share_pool.submit(runner.download, job, progress)
         elif step == "deliver":
-            fut = self.pool.submit(runner.deliver, job)
+            fut = share_pool.submit(runner.deliver, job)
+        elif step == "create":
+            fut = self.api_pool.submit(runner.create, job)
+        elif step == "poll":
+            fut = self.api_pool.submit(runner.poll, job)
         else:  # pragma: no cover - a programming error
             raise ValueError(step)
-        self.in_flight[job_id] = InFlight(job_id, step, fut)
+        self.in_flight[job_id] = InFlight(job_id, step, fut, job.folder)
 
     def _collect_outcomes(self) -> None:
-        for job_id, flight in list(self.in_flight.items()):
-            if not flight.future.done():
+        """Journal each finished step's outcome. One the journal refuses stays in flight, so
+        its job is not scheduled again, and is written first once the journal takes writes."""
+        for job_id, flight in sorted(self.in_flight.items()):
+            if flight.outcome is None:
+                if not flight.future.done():
+                    continue
+                try:
+                    flight.outcome = flight.future.result()
+                except Exception as exc:  # a bug in a step: an outcome like any other
+                    log.exception("job.step_crashed", job_id=job_id, step=flight.step)
+                    flight.outcome = StepOutcome(job_id, flight.step, {}, error=exc)
+            outcome = flight.outcome
+            if isinstance(outcome.error, Aborted):
+                del self.in_flight[job_id]  # stopping: the journal's state resumes it
                 continue
-            del self.in_flight[job_id]
-            try:
-                outcome = flight.future.result()
-            except Exception as exc:  # a bug in a step: fail that job, never the loop
-                log.exception("job.step_crashed", job_id=job_id, step=flight.step)
-                outcome = StepOutcome(job_id, flight.step, {}, error=exc)
             assert self.journal is not None
             job = self.journal.get(job_id)
-            if job is None:
-                continue
-            if isinstance(outcome.error, Aborted):
-                continue  # shutting down: the journal's state resumes it at the next start
-            try:
-                self._apply_outcome(job, outcome)
-            except Exception:
-                log.exception("job.outcome_failed", job_id=job_id, step=outcome.step)
+            if job is not None:
+                self._apply_outcome(job, outcome)  # StateDirError: kept, tried again later
+            del self.in_flight[job_id]
 
     def _apply_outcome(self, job: Job, outcome: StepOutcome) -> None:
-        now = self.clock()
-        if outcome.error is not None:
-            self._apply_error(job, outcome)
+        """Apply `next_move` for this outcome: one journal write (plus its booking)."""
+        step = Step(outcome.step)
+        project = outcome.project
+        overdue_limit = (
+            backoff.OVERDUE_GIVE_UP_SECONDS + self.config.api.render_timeout_minutes * 60
+        )
+        move = next_move(
+            job,
+            step,
+            outcome.error,
+            poll=PollFacts(project.status) if project is not None else None,
+            poll_interval_seconds=self.config.api.poll_interval_seconds,
+            render_overdue_give_up=bool(
+                job.render_started_at and self.clock() - job.render_started_at > overdue_limit
+            ),
+        )
+        if move.kind is Kind.STALE:
+            log.info("job.outcome_stale", job_id=job.id, step=step.value, state=job.state.value)
             return
-        step = outcome.step
-        if step == "upload":
-            self._move(job, _S.QUEUED, "job.uploaded", attempts=0, **outcome.changes)
-            self.metrics.bytes_uploaded(job.folder, job.size)
-        elif step == "create":
-            job = self._move(
+        changes = dict(outcome.changes) if outcome.error is None else {}
+        if step is Step.POLL and project is not None and project.is_terminal:
+            # The final word on the cost: corrections and refunds included.
+            self._book(dataclasses.replace(job, **changes), project.credits_charged)
+        self._perform_move(job, step, move, changes, outcome)
+
+    def _perform_move(
+        self, job: Job, step: Step, move: Move, changes: dict[str, Any], outcome: StepOutcome
+    ) -> None:
+        now = self.clock()
+        assert move.state is not None
+        if move.wait_seconds is not None:
+            changes["due_at"] = now + move.wait_seconds
+        elif move.kind is not Kind.WAIT:
+            changes.setdefault("due_at", None)
+        if move.clear_credits_day:
+            changes["credits_day"] = None
+        ctx = {"step": step.value, "attempts": move.attempts}
+        if outcome.error is not None:
+            ctx["error"] = str(outcome.error)
+        if move.kind is Kind.ADVANCE:
+            saved = self._move(job, move.state, move.event, attempts=move.attempts, **changes)
+            self._after_advance(saved, step, outcome)
+        elif move.kind is Kind.WAIT:
+            self._wait(job, move, changes, ctx)
+        elif move.kind is Kind.HOLD:
+            assert move.hold_reason is not None
+            if move.hold_reason in (HoldReason.AUTH, HoldReason.CREDITS):
+                self.account_block = move.hold_reason
+                self.last_account_probe = self.monotonic()
+            self._hold(
                 job,
-                _S.RENDERING,
-                "job.submitted",
+                move.hold_reason,
+                move.reason,
+                resume_state=move.resume_state,
                 attempts=0,
-                due_at=now + self.config.api.poll_interval_seconds,
-                **outcome.changes,
+                **changes,
             )
+        elif move.kind is Kind.SUPERSEDE:
+            self._move(
+                job,
+                _S.SUPERSEDED,
+                "job.superseded",
+                last_error=f"superseded: {move.reason}",
+                _detail={"why": move.reason},
+            )
+            # Look at the path again now: its new content is a job of its own.
+            self.tracker.touched((job.folder, job.rel_path), self.monotonic())
+        else:
+            self._fail_after(job, step, move, changes, outcome)
+
+    def _after_advance(self, job: Job, step: Step, outcome: StepOutcome) -> None:
+        if step is Step.UPLOAD:
+            self.metrics.bytes_uploaded(job.folder, job.size)
+        elif step is Step.CREATE:
             self.metrics.credits_charged(job.folder, job.credits_charged or 0)
             self._book(job, job.credits_charged)
-            if self.account_block is not None:
-                self.account_block = None
-        elif step == "poll":
-            project = outcome.project
-            assert project is not None
-            if project.is_terminal:
-                # The final word on the cost: corrections and refunds included.
-                self._book(job, project.credits_charged)
-            if job.state is _S.HELD and project.status == "complete":
-                job = self._release(job)
-            if project.status == "complete":
-                self._move(job, _S.DOWNLOADING, "job.rendered", attempts=0, **outcome.changes)
-            elif project.status in ("error", "canceled"):
-                err = project.error
-                what = (
-                    f"the render ended in {project.status}"
-                    + (f": {err.code}: {err.message}" if err else "")
-                    + (" (canceled in the web app)" if project.status == "canceled" else "")
-                )
-                job = dataclasses.replace(job, **outcome.changes)
-                if job.state is _S.HELD:
-                    job = self._release(job)
-                self._fail(
-                    job,
-                    what,
-                    request=f"GET /v1/video-projects/{job.project_id}",
-                    service=err.message if err else project.status,
-                )
-            else:
-                interval = self.config.api.poll_interval_seconds
-                if job.state is _S.HELD:
-                    interval = backoff.OVERDUE_POLL_SECONDS
-                    if job.render_started_at and (
-                        now - job.render_started_at
-                        > backoff.OVERDUE_GIVE_UP_SECONDS
-                        + self.config.api.render_timeout_minutes * 60
-                    ):
-                        interval = backoff.OVERDUE_GIVE_UP_SECONDS  # effectively stop polling
-                changed = job.render_status != project.status or job.attempts
-                job = dataclasses.replace(job, attempts=0, due_at=now + interval, **outcome.changes)
-                if changed:
-                    job = self._save(
-                        dataclasses.replace(job, updated_at=now),
-                        "job.render_progress",
-                        {"status": project.status},
-                    )
-                else:
-                    self.jobs[job.id or 0] = job
-        elif step == "download":
-            self._move(job, _S.DELIVERING, "job.downloaded", attempts=0, **outcome.changes)
-            size = sum(o.size or 0 for o in outcome.changes.get("outputs", ()))
+            self.account_block = None
+        elif step is Step.DOWNLOAD:
+            size = sum(o.size or 0 for o in job.outputs)
             self.metrics.bytes_downloaded(job.folder, size)
-        elif step == "deliver":
-            done = self._move(job, _S.DONE, "job.done", **outcome.changes)
-            self._alert("done", done, "delivered", output=[o.final_path for o in done.outputs])
+        elif step is Step.DELIVER:
+            self._alert("done", job, "delivered", output=[o.final_path for o in job.outputs])
+
+    def _wait(self, job: Job, move: Move, changes: dict[str, Any], ctx: dict[str, Any]) -> None:
+        """Same step again later. Render polls that changed nothing are not journaled: the
+        journal keeps the due time of the last real change, and a restart polls at once."""
+        assert move.state is not None
+        changes["attempts"] = move.attempts
+        if move.attempts:
+            changes["last_error"] = move.reason
+            log.warning("job.retry_scheduled", job_id=job.id, **ctx)
+        quiet_poll = (
+            move.event == "job.render_progress"
+            and job.render_status == changes.get("render_status")
+            and not job.attempts
+        )
+        if move.state is not job.state:
+            self._move(job, move.state, move.event, **changes)
+        elif quiet_poll:
+            updated = dataclasses.replace(job, **changes)
+            self.jobs[job.id or 0] = updated
+            self._set_due(updated)
+        else:
+            self._save(
+                dataclasses.replace(job, updated_at=self.clock(), **changes), move.event, ctx
+            )
+
+    def _fail_after(
+        self, job: Job, step: Step, move: Move, changes: dict[str, Any], outcome: StepOutcome
+    ) -> None:
+        error = outcome.error
+        service = getattr(error, "service_message", None) if error is not None else None
+        reason = move.reason
+        project = outcome.project
+        if project is not None and error is None:
+            err = project.error
+            reason = (
+                f"the render ended in {project.status}"
+                + (f": {err.code}: {err.message}" if err else "")
+                + (" (canceled in the web app)" if project.status == "canceled" else "")
+            )
+            service = err.message if err else project.status
+            job = dataclasses.replace(job, **changes)
+        request = {
+            "upload": "PUT upload URL",
+            "create": "POST /v1/video-to-video",
+            "poll": f"GET /v1/video-projects/{job.project_id}",
+            "download": "GET download URL",
+            "deliver": "delivery to the outbox",
+        }[step.value]
+        self._fail(job, reason, request=request, service=service)
 
     def _book(self, job: Job, credits: int | None) -> None:
         """Book a project's charge to the day its create was sent (for daily_credit_limit)."""
@@ -1160,66 +1451,6 @@ class Daemon:
         self.journal.book_charge(
             job_id=job.id, project_id=job.project_id, day=day, credits=credits, at=self.clock()
         )
-
-    def _apply_error(self, job: Job, outcome: StepOutcome) -> None:
-        error = outcome.error
-        assert error is not None
-        attempts = job.attempts + 1
-        d = dispose(error, step=outcome.step, attempts=attempts)
-        now = self.clock()
-        ctx = {"step": outcome.step, "error": str(error), "attempts": attempts}
-        if d.action is Action.RETRY:
-            log.warning("job.retry_scheduled", job_id=job.id, wait_seconds=d.wait_seconds, **ctx)
-            changes: dict[str, Any] = {
-                "attempts": attempts,
-                "last_error": str(error),
-                "due_at": now + d.wait_seconds,
-            }
-            if outcome.step == "poll":
-                interval = backoff.poll_interval_seconds(
-                    self.config.api.poll_interval_seconds, attempts
-                )
-                changes["due_at"] = now + interval
-                self.jobs[job.id or 0] = dataclasses.replace(job, **changes)
-                return
-            if job.state in (_S.UPLOADING, _S.SUBMITTING):
-                # Nothing was created: the create's estimate is no longer booked to today.
-                self._move(job, _S.QUEUED, "job.retry_scheduled", credits_day=None, **changes)
-            else:
-                self._save(
-                    dataclasses.replace(job, updated_at=now, **changes), "job.retry_scheduled", ctx
-                )
-        elif d.action is Action.HOLD:
-            assert d.hold_reason is not None
-            if d.hold_reason in (HoldReason.AUTH, HoldReason.CREDITS):
-                self.account_block = d.hold_reason
-                self.last_account_probe = self.monotonic()
-            changes = {}
-            if (
-                job.state in (_S.UPLOADING, _S.SUBMITTING)
-                and d.hold_reason is not HoldReason.AMBIGUOUS_CREATE
-            ):
-                # Resume from queued: a fresh upload URL and a fresh create decision.
-                job = self._move(job, _S.QUEUED, "job.requeued", attempts=0, credits_day=None)
-            self._hold(job, d.hold_reason, d.reason, **changes)
-        elif d.action is Action.RESTART:
-            self.skip_versions.pop((job.folder, job.rel_path), None)
-            self._move(
-                job,
-                _S.FAILED,
-                "job.superseded",
-                last_error=f"superseded: {d.reason}; taken again as a new version",
-            )
-        else:
-            service = getattr(error, "service_message", None)
-            request = {
-                "upload": "PUT upload URL",
-                "create": "POST /v1/video-to-video",
-                "poll": f"GET /v1/video-projects/{job.project_id}",
-                "download": "GET download URL",
-                "deliver": "delivery to the outbox",
-            }.get(outcome.step, outcome.step)
-            self._fail(job, d.reason, request=request, service=service)
 
     # ------------------------------------------------------------------ account
     def _schedule_account_probe(self, now: float) -> None:
@@ -1245,7 +1476,7 @@ class Daemon:
                 return f"unreachable: {exc}", None
             return "ok", account.credits
 
-        self.account_future = self.pool.submit(probe)
+        self.account_future = self.api_pool.submit(probe)
 
     def _collect_account_probe(self) -> None:
         fut = self.account_future
@@ -1291,11 +1522,32 @@ class Daemon:
         self.force_recheck = False
         assert self.journal is not None
         for request in self.journal.pending_requests():
-            result = self._handle_request(request.kind, request.job_id)
-            self.journal.finish_request(request.id, at=self.clock(), result=result)
-            log.info("request.handled", kind=request.kind, job_id=request.job_id, result=result)
+            if request.id in self.request_futures:
+                continue
+            result = self._handle_request(request.id, request.kind, request.job_id)
+            if result is not None:
+                self._finish_request(request.id, request.kind, request.job_id, result)
 
-    def _handle_request(self, kind: str, job_id: int | None) -> str:
+    def _finish_request(self, request_id: int, kind: str, job_id: int | None, result: str) -> None:
+        assert self.journal is not None
+        self.journal.finish_request(request_id, at=self.clock(), result=result)
+        log.info("request.handled", kind=kind, job_id=job_id, result=result)
+
+    def _collect_requests(self) -> None:
+        """Finish retries whose file moves (in the folder's worker) are done."""
+        for request_id, (fut, finish) in list(self.request_futures.items()):
+            if not fut.done():
+                continue
+            del self.request_futures[request_id]
+            try:
+                result = finish(fut.result())
+            except Exception as exc:
+                log.warning("request.failed", request_id=request_id, error=str(exc))
+                result = f"failed: {exc}"
+            self._finish_request(request_id, "retry", None, result)
+
+    def _handle_request(self, request_id: int, kind: str, job_id: int | None) -> str | None:
+        """The result of a request, or None when its file work went to a worker."""
         assert self.journal is not None and self.runner is not None
         if kind != "retry" or job_id is None:
             return f"unknown request {kind}"
@@ -1304,63 +1556,88 @@ class Daemon:
             return "unknown job"
         if job_id in self.in_flight:
             return "busy; try again in a moment"
+        if job.state is _S.SUPERSEDED:
+            return "superseded: the file changed before its upload finished; nothing to retry"
+        rt = self.folders.get(job.folder)
+        pool = rt.io if rt is not None else self.api_pool
+        if job.state in (_S.FAILED, _S.DONE):
+            self.request_futures[request_id] = (
+                pool.submit(self._retry_files, job),
+                lambda found: self._requeue_after_files(job_id, *found),
+            )
+            return None
+        if job.state is _S.HELD:
+            return self._retry_held(job)
+        return f"not retryable in state {job.state.value}"
+
+    def _retry_files(self, job: Job) -> tuple[str, os.stat_result | None]:
+        """Runs in the folder's worker: a failed original moved back to its inbox; returns the
+        path (relative to the inbox) the file is at now and its lstat (None: not there)."""
+        assert self.runner is not None
+        rel = job.rel_path
+        if job.state is _S.FAILED:
+            rel = self.runner.restore_failed(job) or job.rel_path
+        st = self.fs.stat(Path(job.settings.inbox) / rel)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return rel, None
+        return rel, st
+
+    def _requeue_after_files(self, job_id: int, rel: str, st: os.stat_result | None) -> str:
+        assert self.journal is not None
+        job = self.journal.get(job_id)
+        if job is None or job.state not in (_S.FAILED, _S.DONE) or job_id in self.in_flight:
+            return "the job changed meanwhile; nothing done"
+        if st is None:
+            if job.state is _S.FAILED:
+                return "the original is not in the failed folder or the inbox any more"
+            return "the original is no longer in the inbox"
+        if job.state is _S.FAILED:
+            new = self._fresh_version(job, st, rel_path=rel, failed_path=None)
+            self._save(new, "job.retried", {"from": "failed"})
+        else:
+            new = self._fresh_version(job, st, archive_path=None, original_left=False)
+            self.tracker.unskip((job.folder, job.rel_path))
+            self._save(new, "job.retried", {"from": "done"})
+        self.tracker.remember((job.folder, rel), (st.st_size, st.st_mtime_ns, st.st_ino))
+        return "requeued"
+
+    def _retry_held(self, job: Job) -> str:
+        assert self.journal is not None and job.id is not None
         now = self.clock()
         reset: dict[str, Any] = dict(attempts=0, due_at=None, last_error=None, updated_at=now)
-        if job.state is _S.FAILED:
-            restored = self.runner.restore_failed(job)
-            rel = restored or job.rel_path
-            st = self.fs.stat(Path(job.settings.inbox) / rel)
-            if st is None:
-                return "the original is not in the failed folder or the inbox any more"
-            self._save(
-                self._fresh_version(job, st, rel_path=rel, failed_path=None),
-                "job.retried",
-                {"from": "failed"},
+        if job.hold_reason in (HoldReason.AMBIGUOUS_CREATE, HoldReason.RENDER_OVERDUE):
+            if job.project_id is not None:
+                self._book(job, job.credits_final or job.credits_charged)
+            elif job.credits_day is not None:
+                # The lost create may have been charged: keep its estimate booked.
+                self.journal.book_charge(
+                    job_id=job.id,
+                    project_id=f"unanswered-create:{job.id}:{now:.0f}",
+                    day=job.credits_day,
+                    credits=job.credits_estimate or 0,
+                    at=now,
+                )
+            new = transition(
+                job,
+                _S.QUEUED,
+                project_id=None,
+                render_started_at=None,
+                render_status=None,
+                credits_charged=None,
+                credits_final=None,
+                credits_day=None,
+                **reset,
             )
-            return "requeued"
-        if job.state is _S.DONE:
-            st = self.fs.stat(Path(job.settings.inbox) / job.rel_path)
-            if st is None:
-                return "the original is no longer in the inbox"
-            new = self._fresh_version(job, st, archive_path=None, original_left=False)
-            self.skip_versions.pop((job.folder, job.rel_path), None)
-            self._save(new, "job.retried", {"from": "done"})
-            return "requeued"
-        if job.state is _S.HELD:
-            if job.hold_reason in (HoldReason.AMBIGUOUS_CREATE, HoldReason.RENDER_OVERDUE):
-                if job.project_id is not None:
-                    self._book(job, job.credits_final or job.credits_charged)
-                elif job.credits_day is not None:
-                    # The lost create may have been charged: keep its estimate booked.
-                    self.journal.book_charge(
-                        job_id=job_id,
-                        project_id=f"unanswered-create:{job_id}:{now:.0f}",
-                        day=job.credits_day,
-                        credits=job.credits_estimate or 0,
-                        at=now,
-                    )
-                new = transition(
-                    job,
-                    _S.QUEUED,
-                    project_id=None,
-                    render_started_at=None,
-                    render_status=None,
-                    credits_charged=None,
-                    credits_final=None,
-                    credits_day=None,
-                    **reset,
-                )
-                self._save(
-                    new, "job.retried", {"from": job.hold_reason.value if job.hold_reason else ""}
-                )
-                return "requeued for a new create"
-            self.force_recheck = True
-            self.last_account_probe = -1e9
-            for rt in self.folders.values():
-                rt.last_check = -1e9
-            self._save(dataclasses.replace(job, due_at=None, updated_at=now), "job.recheck", {})
-            return "re-checking now"
-        return f"not retryable in state {job.state.value}"
+            self._save(
+                new, "job.retried", {"from": job.hold_reason.value if job.hold_reason else ""}
+            )
+            return "requeued for a new create"
+        self.force_recheck = True
+        self.last_account_probe = -1e9
+        for rt in self.folders.values():
+            rt.last_check = -1e9
+        self._save(dataclasses.replace(job, due_at=None, updated_at=now), "job.recheck", {})
+        return "re-checking now"
 
     def _fresh_version(self, job: Job, st: os.stat_result, **changes: Any) -> Job:
         """`job` back in the queue for a new render of the file now at its path.
@@ -1397,10 +1674,12 @@ class Daemon:
         age = self.monotonic() - self.last_tick_mono
         if age > max(2 * TICK_SECONDS, 5.0):
             reasons.append(f"main loop last ticked {age:.1f} s ago")
-        if self.journal is None or not self.journal.writable_check():
+        if self.journal_error is not None:
+            reasons.append(f"journal refuses writes: {self.journal_error}")
+        elif self.journal is None or not self.journal.writable_check():
             reasons.append("journal is not writable")
         for rt in self.folders.values():
-            if rt.watcher is None and not rt.outage:
+            if rt.watcher is None and rt.watcher_future is None and not rt.outage:
                 reasons.append(f"folder {rt.config.name} has no watcher")
         outages = tuple(
             f"{rt.config.name}: {rt.outage}" for rt in self.folders.values() if rt.outage
@@ -1422,8 +1701,8 @@ class Daemon:
             if flight.step not in ("upload", "download") or job is None:
                 continue
             if self.stored_progress.get(job_id) != round(job.progress, 3):
-                self.stored_progress[job_id] = round(job.progress, 3)
                 self.journal.set_progress(job_id, job.progress)
+                self.stored_progress[job_id] = round(job.progress, 3)
 
     def _report(self, now: float) -> None:
         counts: dict[str, int] = {}
@@ -1442,10 +1721,13 @@ class Daemon:
         if interval is not None and now - self.last_watchdog >= interval:
             self.last_watchdog = now
             report = self.health()
-            if report.healthy:
+            stuck = [r for r in report.reasons if not r.startswith("journal refuses writes")]
+            if not stuck:
+                # A journal that refuses writes is waited out, not restarted: a restart would
+                # turn outcomes kept in memory into ambiguous holds (invariant 9).
                 self.notify.watchdog()
             else:
-                # No ping: systemd restarts a daemon that cannot write its journal.
+                # No ping: systemd restarts a daemon whose loop or watchers are stuck.
                 log.error("daemon.unhealthy", reasons=list(report.reasons))
 
     def _alert(self, event: str, job: Job | None, reason: str, **fields: Any) -> None:
@@ -1500,13 +1782,16 @@ class Daemon:
         for name in old_names - new_names:
             rt = self.folders.pop(name)
             if rt.watcher is not None:
-                rt.watcher.stop()
+                rt.io.submit(rt.watcher.stop)
+            rt.close()
+            self.tracker.forget_folder(name)
             log.info("config.folder_removed", folder=name)
         for folder in new.folders:
             existing = self.folders.get(folder.name)
             if existing is None:
-                added = FolderRuntime(config=folder)
+                added = FolderRuntime.create(folder)
                 self.folders[folder.name] = added
+                added.last_check = -1e9  # checked on the next pass, then watched
                 self._start_watcher(added)
                 log.info("config.folder_added", folder=folder.name)
                 continue
@@ -1524,35 +1809,42 @@ class Daemon:
                 and job.id not in self.in_flight
             ):
                 self.jobs.pop(job.id or 0, None)
-        self.settle = SettleTracker(new.daemon.settle_seconds)
+        # Settling files keep their progress; only the default quiet period changes.
+        self.tracker.set_settle_seconds(new.daemon.settle_seconds)
         self._write_folder_statuses()
         log.info("config.reloaded", folders=sorted(new_names))
         self.notify.ready()
 
     def close_pools(self) -> None:
         """Release the worker pools of a daemon that never started."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.transfer_pool.shutdown(wait=False, cancel_futures=True)
+        self.api_pool.shutdown(wait=False, cancel_futures=True)
+        for rt in self.folders.values():
+            rt.close()
 
     def shutdown(self) -> None:
-        """Ordered stop: no new work, transfers aborted at a safe point, journal closed."""
+        """Ordered stop: no new step starts; transfers stop at a safe point (they resume);
+        creates, polls and deliveries in flight get `stop_grace_seconds` to finish, and their
+        outcomes are journaled, so a create is not left ambiguous; then the journal closes."""
         self.stopping = True
         self.notify.stopping()
         log.info("daemon.stopping", in_flight=len(self.in_flight))
         for rt in self.folders.values():
             if rt.watcher is not None:
-                with contextlib.suppress(Exception):
-                    rt.watcher.stop()
+                rt.io.submit(rt.watcher.stop)
                 rt.watcher = None
-        deadline = self.monotonic() + STOP_GRACE_SECONDS
+        deadline = self.monotonic() + self.config.daemon.stop_grace_seconds
         while self.in_flight and self.monotonic() < deadline:
-            self._collect_outcomes()
+            try:
+                self._collect_outcomes()
+            except StateDirError as exc:
+                self._journal_failed(exc)
+            except Exception:
+                log.exception("daemon.stop_outcome_failed")
             time.sleep(0.05)
         for fut in self.misc_futures:
             with contextlib.suppress(Exception):
                 fut.result(timeout=max(0.0, deadline - self.monotonic()))
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.transfer_pool.shutdown(wait=False, cancel_futures=True)
+        self.close_pools()
         if self.status_server is not None:
             self.status_server.stop()
         if self.notifier is not None:
@@ -1562,7 +1854,8 @@ class Daemon:
         if self.http is not None:
             self.http.close()
         if self.journal is not None:
-            self._write_folder_statuses()
+            with contextlib.suppress(StateDirError):
+                self._write_folder_statuses()
             self.journal.close()
             self.journal = None
         log.info("daemon.stopped", unfinished_steps=len(self.in_flight))

@@ -57,6 +57,7 @@ API_KEYS: tuple[str, ...] = (
 DAEMON_KEYS: tuple[str, ...] = (
     "state_dir", "max_parallel_uploads", "max_active_renders", "daily_credit_limit",
     "settle_seconds", "rescan_seconds", "observer", "log_format", "http_listen", "umask",
+    "stop_grace_seconds",
 )  # fmt: skip
 STYLE_KEYS: tuple[str, ...] = ("art_style", "model", "prompt", "prompt_type", "version")
 # Keys a preset (or an inline [folder.style]) may set besides the style itself; folder keys of
@@ -104,6 +105,8 @@ class DaemonConfig:
     log_format: str = "auto"
     http_listen: str = DEFAULT_HTTP_LISTEN
     umask: int = DEFAULT_UMASK
+    # On SIGTERM no new step starts; steps in flight get this long to finish.
+    stop_grace_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -542,6 +545,7 @@ def _parse_daemon(
         log_format=reader.choice("log_format", "auto", LOG_FORMATS, "a log format"),
         http_listen=_parse_http_listen(reader),
         umask=_parse_umask(reader),
+        stop_grace_seconds=reader.number("stop_grace_seconds", 60.0),
     )
 
 

@@ -52,6 +52,8 @@ class Workspace:
         entry.update(keys)
         self.folders.append(entry)
         (self.root / name / "in").mkdir(parents=True, exist_ok=True)
+        # The daemon never creates an outbox root (a missing one is an unmounted share).
+        Path(entry["outbox"]).mkdir(parents=True, exist_ok=True)
         return entry
 
     def inbox(self, name: str) -> Path:

@@ -303,7 +303,7 @@ def test_an_unwritable_outbox_holds_the_job_and_delivers_once_it_is_back(
     ws = workspace
     ws.folder("anime", style={"art_style": "Comic"})
     # The outbox's place is taken by a regular file: it cannot be created or written.
-    ws.outbox("anime").parent.mkdir(parents=True, exist_ok=True)
+    ws.outbox("anime").rmdir()
     ws.outbox("anime").write_text("not a directory")
     synthesize_clip(ws.inbox("anime") / "a.mp4", seconds=1.0)
     proc = run_daemon()
@@ -318,7 +318,9 @@ def test_an_unwritable_outbox_holds_the_job_and_delivers_once_it_is_back(
         what="the job held for its outbox",
     )
     assert jobs[0].project_id is not None  # rendered at the service, waiting to be fetched
+    assert ws.outbox("anime").is_file()  # nothing was created in its place
     ws.outbox("anime").unlink()
+    ws.outbox("anime").mkdir()  # the share is back (the daemon never creates a root)
     wait_jobs(ws.state_dir, all_done(1), proc=proc, what="delivery once the outbox is back")
     assert proc.stop() == 0
     assert emu.state()["counts"]["creates"] == 1

@@ -1,0 +1,100 @@
+"""Everything the daemon remembers about files it has not taken in yet, in one place.
+
+Settle state (is the file still changing?), scan memory (which stats a rescan already looked
+at) and skipped versions (files to leave alone until they change) used to be separate memories,
+and a file forgotten by one but remembered by another was never taken. `IntakeTracker` owns all
+three, and `forget()` clears every one of them, so a forgotten file is always seen again by the
+next stat pass or rescan. Pure: times are monotonic seconds handed in by the caller.
+"""
+
+from __future__ import annotations
+
+from mh_watchd.core.settle import Observation, SettleTracker
+
+Key = tuple[str, str]  # (folder name, path relative to the inbox)
+Stats = tuple[int, int, int]  # (size, mtime_ns, inode)
+
+
+class IntakeTracker:
+    """Files on their way in: settling, remembered by rescans, or skipped in this version."""
+
+    def __init__(self, settle_seconds: float) -> None:
+        self._settle: SettleTracker[Key] = SettleTracker(settle_seconds)
+        self._scanned: dict[Key, Stats] = {}
+        self._skipped: dict[Key, Stats] = {}
+        self._logged_not_video: set[Key] = set()
+
+    # ------------------------------------------------------------------ settling
+    def observe(self, key: Key, stats: Stats, now: float) -> None:
+        """Record a stat of a candidate taken at `now`; pending until taken or forgotten."""
+        self._settle.observe(key, Observation(*stats), now)
+
+    def touched(self, key: Key, now: float) -> None:
+        """A filesystem event named `key`: (re)start its quiet period and look at it again."""
+        self._scanned.pop(key, None)
+        self._settle.touched(key, now)
+
+    def ready(self, key: Key, now: float, settle_seconds: float) -> bool:
+        """True once `key` has settled (see SettleTracker.ready)."""
+        return self._settle.ready(key, now, settle_seconds)
+
+    def pending(self, folder: str | None = None) -> list[Key]:
+        """Keys still settling (all folders, or one), oldest first."""
+        keys = self._settle.pending()
+        return keys if folder is None else [k for k in keys if k[0] == folder]
+
+    def is_pending(self, key: Key) -> bool:
+        return key in self._settle
+
+    def taken(self, key: Key) -> None:
+        """`key` was handed to intake: it no longer settles. Its scan memory stays until the
+        intake's result is known (`forget` on failure, `remember` on success)."""
+        self._settle.forget(key)
+
+    # ------------------------------------------------------------------ rescans
+    def unchanged_since_scan(self, key: Key, stats: Stats) -> bool:
+        """True when a rescan already looked at exactly this version and it is not settling."""
+        return self._scanned.get(key) == stats and key not in self._settle
+
+    def remember(self, key: Key, stats: Stats) -> None:
+        """A rescan has dealt with this version: the next rescan skips it unless it changed."""
+        self._scanned[key] = stats
+
+    def scanned_keys(self, folder: str) -> list[Key]:
+        return [k for k in self._scanned if k[0] == folder]
+
+    # ------------------------------------------------------------------ skips
+    def skip(self, key: Key, stats: Stats) -> None:
+        """Leave this version of the file alone (already done); a changed file is seen again."""
+        self._skipped[key] = stats
+
+    def unskip(self, key: Key) -> None:
+        self._skipped.pop(key, None)
+
+    def is_skipped(self, key: Key, stats: Stats) -> bool:
+        return self._skipped.get(key) == stats
+
+    def first_not_video(self, key: Key) -> bool:
+        """True the first time `key` is reported as not a video (so it is logged once)."""
+        if key in self._logged_not_video:
+            return False
+        self._logged_not_video.add(key)
+        return True
+
+    # ------------------------------------------------------------------ forgetting
+    def forget(self, key: Key) -> None:
+        """Forget `key` everywhere: the next stat pass or rescan looks at it afresh."""
+        self._settle.forget(key)
+        self._scanned.pop(key, None)
+        self._skipped.pop(key, None)
+
+    def forget_folder(self, folder: str) -> None:
+        """Forget every file of `folder` (an outage began, or the folder was removed)."""
+        for key in {*self._settle.pending(), *self._scanned, *self._skipped}:
+            if key[0] == folder:
+                self.forget(key)
+        self._logged_not_video = {k for k in self._logged_not_video if k[0] != folder}
+
+    def set_settle_seconds(self, settle_seconds: float) -> None:
+        """A reload changed the daemon's default quiet period; files keep their progress."""
+        self._settle.settle_seconds = settle_seconds
