@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+# 128 + SIGPIPE: what a shell reports for a filter whose reader went away (`status | head`).
+EX_SIGPIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +75,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flush here, not at interpreter exit, so a reader that went away is caught below
+            # (also after argparse's SystemExit for `--help | head -1`).
+            sys.stdout.flush()
+    except BrokenPipeError:
+        closed = _closed_output_fds()
+        if not closed:
+            raise  # some other pipe or socket: a real error, not `| head`
+        return _quiet_after_broken_pipe(closed)
+
+
+def _closed_output_fds() -> list[int]:
+    """The descriptors of stdout and stderr that are pipes whose reader has gone away."""
+    closed = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue  # not a real file (pytest's capture, a closed stream)
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        # Linux reports POLLERR on the write end of a pipe that has no reader left.
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+            closed.append(fd)
+    return closed
+
+
+def _quiet_after_broken_pipe(closed: list[int]) -> int:
+    """`mh-watchd status | head -1`: stop writing, say nothing, exit like a Unix filter.
+
+    The usual recipe (Python's signal docs): point the closed stream at /dev/null so the
+    interpreter's final flush cannot fail again and print "Exception ignored ... BrokenPipe".
+    The exit code is 141 (128 + SIGPIPE), what a shell reports for `cat`, `grep` or `yes` cut
+    off by `head`: invisible in a plain pipeline, a failure under `set -o pipefail`, as theirs.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in closed:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+    return EX_SIGPIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.command is None:
@@ -140,6 +191,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = structlog.get_logger("mh_watchd")
     for warning in config.warnings:
         log.warning("config.warning", message=warning)
+    for problem in config_file.check_extras(config):
+        # Not fatal: the daemon's real work goes on; `check` reports it as an error (69).
+        log.error("config.missing_package", message=problem)
     if not token:
         return _fail(
             f"no API key: set ${config.api.token_env}, api.token_file, or a systemd credential "
@@ -190,6 +244,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             EX_CONFIG,
         )
     problems = config_file.check_environment(config)
+    # A missing optional package (apprise) is the host's problem, not the config's: 69.
+    problems += config_file.check_extras(config)
     state_problem = LocalFileSystem().state_dir_problem(Path(str(config.daemon.state_dir)))
     if state_problem:
         problems.append(
@@ -261,6 +317,7 @@ def cmd_retry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from mh_watchd.adapters.journal import Journal
     from mh_watchd.core.errors import ConfigError, StateDirError
     from mh_watchd.core.jobs import HoldReason, JobState
+    from mh_watchd.report import is_superseded, superseded_message
 
     if not args.job_ids and not args.failed and not args.held:
         sys.stderr.write("mh-watchd retry: give JOB_ID..., --failed or --held\n")
@@ -282,12 +339,17 @@ def cmd_retry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             job = journal.get(int(raw)) if raw.isdigit() else journal.by_project_id(raw)
             if job is None:
                 bad.append(f"{raw}: no such job")
+            elif is_superseded(job):
+                # Never retried: its file is gone or changed; the newer content is its own job.
+                bad.append(
+                    superseded_message(job, journal.latest_for_path(job.folder, job.rel_path))
+                )
             elif job.state not in (JobState.FAILED, JobState.HELD, JobState.DONE):
                 bad.append(f"{raw}: {job.state.value}, not failed, held or done; nothing to retry")
             else:
                 targets.append(job)
         if args.failed:
-            targets += journal.jobs(states=[JobState.FAILED])
+            targets += [j for j in journal.jobs(states=[JobState.FAILED]) if not is_superseded(j)]
         if args.held:
             targets += journal.jobs(states=[JobState.HELD])
         for line in bad:

@@ -14,6 +14,53 @@ from mh_watchd.adapters.samples import synthesize_clip
 from mh_watchd.core.jobs import JobState
 
 DEMO_TOKEN = "mhk_live_demo_not_a_real_key"
+# Written into every workspace the demo creates: only a folder carrying it is ever emptied.
+MARKER_NAME = ".mh-watchd-demo-workspace"
+MARKER_TEXT = "Created by `mh-watchd demo`; the next demo run empties this folder.\n"
+# The workspace named by $MH_WATCHD_DEMO_DIR is unusable (not ours, not empty, or not a folder).
+# Exit 69 (EX_UNAVAILABLE), as the contract gives `backup` for a PATH it cannot use and `check`
+# for a folder problem: the command line was fine (so not 64), the folder it points at is not.
+EX_UNAVAILABLE = 69
+
+
+class DemoWorkspaceError(Exception):
+    """The demo workspace cannot be used without risking someone's files."""
+
+
+def _made_by_demo(root: Path) -> bool:
+    marker = root / MARKER_NAME
+    if marker.is_file() and not marker.is_symlink():
+        return True
+    # A workspace from before the marker: its config.toml starts with the demo's own header.
+    config = root / "config.toml"
+    if config.is_file() and not config.is_symlink():
+        with config.open("rb") as handle:
+            first = handle.readline(200)
+        return first.decode("utf-8", "replace") == CONFIG_TEMPLATE.splitlines(keepends=True)[0]
+    return False
+
+
+def prepare_workspace(root: Path) -> None:
+    """Make `root` an empty demo workspace carrying the marker, or raise DemoWorkspaceError.
+
+    A missing folder is created; an empty one is used; one carrying the marker (an earlier
+    demo's) is emptied. Anything else, a folder with files the demo did not make, or a file,
+    is refused and left untouched.
+    """
+    hint = "set MH_WATCHD_DEMO_DIR to a new or empty folder"
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise DemoWorkspaceError(f"demo workspace {root} is not a folder; {hint}")
+    if root.is_dir():
+        if _made_by_demo(root):
+            shutil.rmtree(root)
+        elif any(root.iterdir()):
+            raise DemoWorkspaceError(
+                f"demo workspace {root} already holds files the demo did not make, so it is "
+                f"left alone (the demo empties its workspace); {hint}"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER_NAME).write_text(MARKER_TEXT)
+
 
 CONFIG_TEMPLATE = """\
 # Written by `mh-watchd demo`: a real config, pointed at the built-in emulator.
@@ -53,13 +100,16 @@ model = "Dreamshaper"
 
 
 def run_demo(workspace: Path | None = None, *, timeout_seconds: float = 240.0) -> int:
-    """Run the demo; returns 0 when every sample clip was delivered."""
+    """Run the demo; returns 0 when every sample clip was delivered, 69 when the workspace
+    ($MH_WATCHD_DEMO_DIR, default ./demo-workspace) is a folder the demo did not make."""
     from mh_watchd.daemon import Daemon
 
     root = (workspace or Path(os.environ.get("MH_WATCHD_DEMO_DIR", "demo-workspace"))).resolve()
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+    try:
+        prepare_workspace(root)
+    except (DemoWorkspaceError, OSError) as exc:
+        sys.stderr.write(f"mh-watchd demo: {exc}\n")
+        return EX_UNAVAILABLE
     print(f"demo workspace: {root}")
     with EmulatorServer(
         EmulatorOptions(queue_seconds=0.5, render_seconds=1.0, data_dir=root / "emulator")
@@ -86,9 +136,7 @@ def run_demo(workspace: Path | None = None, *, timeout_seconds: float = 240.0) -
 
         def all_done() -> bool:
             jobs = journal.jobs()
-            return len(jobs) >= len(clips) and all(
-                j.state in (JobState.DONE, JobState.FAILED) for j in jobs
-            )
+            return len(jobs) >= len(clips) and all(j.is_terminal for j in jobs)
 
         started = time.monotonic()
         finished = daemon.run_until(all_done, timeout_seconds)

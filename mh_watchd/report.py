@@ -9,7 +9,7 @@ from typing import Any
 
 from mh_watchd.adapters.journal import Journal
 from mh_watchd.core.config import Config
-from mh_watchd.core.jobs import Job, JobState
+from mh_watchd.core.jobs import HoldReason, Job, JobState
 
 _ACTIVE = (
     JobState.QUEUED,
@@ -41,11 +41,49 @@ def _daemon_running(journal: Journal) -> tuple[int | None, bool]:
     return pid, True
 
 
+# How a daemon from before the `superseded` state recorded one (the journal migrates such rows;
+# a row written by such a daemon since is still shown as what it is).
+LEGACY_SUPERSEDED_PREFIX = "superseded:"
+
+
+def is_superseded(job: Job) -> bool:
+    """True for a superseded job, however it was recorded (never a failure needing action)."""
+    if job.state is JobState.SUPERSEDED:
+        return True
+    return (
+        job.state is JobState.FAILED
+        and job.last_error is not None
+        and job.last_error.startswith(LEGACY_SUPERSEDED_PREFIX)
+    )
+
+
+def superseded_message(job: Job, newer: Job | None) -> str:
+    """Why `retry` refuses a superseded job, naming the job that holds the newer version."""
+    if newer is not None and newer.id is not None and job.id is not None and newer.id > job.id:
+        return (
+            f"job {job.id} was superseded: the file changed before its upload finished; "
+            f"job {newer.id} holds the newer version"
+        )
+    return (
+        f"job {job.id} was superseded: the file changed or vanished before its upload "
+        "finished; no newer version has been taken (a changed file is, once it settles)"
+    )
+
+
 def build(journal: Journal, config: Config, *, now: float | None = None) -> dict[str, Any]:
     """Everything `status` shows, as plain data (also the `--json` document)."""
     now = time.time() if now is None else now
     pid, running = _daemon_running(journal)
     counts = journal.counts_by_folder_and_state()
+    failed_jobs = journal.jobs(states=[JobState.FAILED])
+    for job in failed_jobs:
+        if is_superseded(job):  # recorded as failed by an older daemon: count it as what it is
+            key = (job.folder, JobState.FAILED.value)
+            counts[key] -= 1
+            if not counts[key]:
+                del counts[key]
+            new_key = (job.folder, JobState.SUPERSEDED.value)
+            counts[new_key] = counts.get(new_key, 0) + 1
     statuses = journal.folder_statuses()
     names = [f.name for f in config.folders]
     names += sorted({folder for folder, _ in counts} - set(names))
@@ -66,18 +104,19 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
     active, held, failed = [], [], []
     for job in journal.jobs(states=[*_ACTIVE, JobState.HELD]):
         if job.state is JobState.HELD:
-            held.append(_held(job))
+            held.append(build_held_row(job))
         else:
             active.append(_active(job, now))
-    for job in journal.jobs(states=[JobState.FAILED]):
-        if job.last_error and job.last_error.startswith("superseded:"):
+    # Superseded jobs are history (the folder counts), never failures needing action.
+    for job in failed_jobs:
+        if is_superseded(job):
             continue
         failed.append(
             {
                 "id": job.id,
                 "folder": job.folder,
                 "file": job.rel_path,
-                "why": job.last_error,
+                "why": job.last_error or "no reason was recorded; see the .error.json beside it",
                 "failed_path": job.failed_path,
                 "project_id": job.project_id,
             }
@@ -120,13 +159,61 @@ def _active(job: Job, now: float) -> dict[str, Any]:
     return row
 
 
-def _held(job: Job) -> dict[str, Any]:
+def hold_explanation(job: Job) -> str:
+    """What a held job waits for and what the user can do, in plain words.
+
+    Used when the journal has no `last_error` for the hold (crash recovery holds a job that was
+    inside its create request without one), so `status` never shows "None".
+    """
+    retry = f"mh-watchd retry {job.id}"
+    reason = job.hold_reason
+    if reason is HoldReason.AMBIGUOUS_CREATE:
+        name = repr(job.service_name) if job.service_name else "this file's name"
+        return (
+            "the daemon stopped inside the create request, so Magic Hour may have started it: "
+            f"look for {name} in the web app, then run {retry} (it creates again)"
+        )
+    if reason is HoldReason.AUTH:
+        return (
+            "the API key was refused (401); put a new key in place and reload (SIGHUP) or "
+            "restart the daemon"
+        )
+    if reason is HoldReason.CREDITS:
+        return (
+            "not enough credits (402); it resumes by itself once the account has enough, "
+            "checked every 10 minutes"
+        )
+    if reason is HoldReason.DAILY_LIMIT:
+        return (
+            "it would cross daemon.daily_credit_limit today; it resumes by itself when the "
+            "day turns"
+        )
+    if reason is HoldReason.OUTAGE:
+        return (
+            "the inbox is missing, unreadable or unmounted; it resumes by itself once the "
+            "folder is back"
+        )
+    if reason is HoldReason.OUTPUT_UNAVAILABLE:
+        return (
+            "the outbox or archive is missing, unwritable or full; it resumes by itself once "
+            "it is writable (the render stays downloadable at Magic Hour)"
+        )
+    if reason is HoldReason.RENDER_OVERDUE:
+        return (
+            "the render is past api.render_timeout_minutes; it is still checked hourly and "
+            f"delivered if it completes, or run {retry} to render it again"
+        )
+    return f"held without a recorded reason; run {retry} to check it again now"
+
+
+def build_held_row(job: Job) -> dict[str, Any]:
+    """One held job as `status` shows it; `why` is always a sentence, never None."""
     return {
         "id": job.id,
         "folder": job.folder,
         "file": job.rel_path,
         "hold_reason": job.hold_reason.value if job.hold_reason else None,
-        "why": job.last_error,
+        "why": job.last_error or hold_explanation(job),
         "resumes_as": job.resume_state.value if job.resume_state else None,
         "project_id": job.project_id,
         "service_name": job.service_name,
@@ -168,7 +255,8 @@ def render(data: dict[str, Any]) -> str:
         lines.append("")
         lines.append("held:")
         for j in data["held"]:
-            lines.append(f"  #{j['id']} {j['folder']}/{j['file']}: {j['hold_reason']}: {j['why']}")
+            reason = j["hold_reason"] or "held"
+            lines.append(f"  #{j['id']} {j['folder']}/{j['file']}: {reason}: {j['why']}")
     if data["failed"]:
         lines.append("")
         lines.append("failed:")

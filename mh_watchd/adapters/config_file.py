@@ -2,16 +2,18 @@
 
 `load()` turns a TOML file into a `Config` (or one `ConfigError`); `read_token()` finds the key
 in `token_file`, a systemd credential or the environment; `check_environment()` is the
-filesystem half of `mh-watchd check`. No error text ever holds the key itself.
+filesystem half of `mh-watchd check`, `check_extras()` the optional packages the config
+needs. No error text ever holds the key itself.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 from mh_watchd.core.config import ApiConfig, Config, FolderConfig, parse
@@ -126,6 +128,32 @@ def check_environment(config: Config) -> list[str]:
                 "fix the path or its permissions"
             )
     return problems
+
+
+def check_extras(config: Config, *, importable: Callable[[str], bool] | None = None) -> list[str]:
+    """Optional packages the config needs but this installation lacks: one line each, with the fix.
+
+    These are environment problems (the config is valid; the host is missing a package), so
+    `check` reports them with the folder problems and exits 69. `importable` is for tests.
+    """
+    can_import = importable or _importable
+    problems: list[str] = []
+    if config.notify.apprise_urls and not can_import("apprise"):
+        # The URLs themselves are never printed: they often carry tokens.
+        problems.append(
+            f"notify.apprise_urls: {len(config.notify.apprise_urls)} URL(s) set, but the "
+            "apprise package is not installed, so those notifications would never be sent; "
+            "install it (pip install 'mh-watchd[apprise]') or set apprise_urls = []"
+        )
+    return problems
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _credential_path(environ: Mapping[str, str]) -> Path | None:

@@ -139,6 +139,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX charges_by_day ON charges (day)",
     ),
+    (
+        # Before the `superseded` state, a job whose file changed or vanished before its create
+        # was recorded as `failed` with last_error "superseded: ...". Make those rows what they
+        # are (terminal, never paid for, never retried), with an event saying so, so that the
+        # history still ends in the job's state. Only the exact lowercase prefix counts.
+        """
+        INSERT INTO events (job_id, at, from_state, to_state, event, detail)
+        SELECT id, (julianday('now') - 2440587.5) * 86400.0, 'failed', 'superseded',
+               'job.migrated_to_superseded', '{"schema_version": 3}'
+        FROM jobs WHERE state = 'failed' AND substr(last_error, 1, 11) = 'superseded:'
+        ORDER BY id
+        """,
+        """
+        UPDATE jobs SET state = 'superseded'
+        WHERE state = 'failed' AND substr(last_error, 1, 11) = 'superseded:'
+        """,
+    ),
 )
 SCHEMA_VERSION: int = len(MIGRATIONS)
 

@@ -274,7 +274,9 @@ def test_upload_reset_once_is_retried_transparently(
     sent = client.upload(target.upload_url, clip)
     assert sent.size == clip.stat().st_size
     assert sent.sha256 == hashlib.sha256(clip.read_bytes()).hexdigest()
-    assert counts(emulator)["uploads"] == 2
+    # Two requests reached the emulator (the reset one and the retry); one upload was stored.
+    assert counts(emulator)["upload_requests"] == 2
+    assert counts(emulator)["uploads"] == 1
     # The asset is usable: the emulator accepts a create for it.
     assert client.create(create_request(target.file_path)).id
 
@@ -339,4 +341,5 @@ def test_an_expired_upload_url_raises_url_expired(clip: Path, tmp_path: Path) ->
         with pytest.raises(UrlExpiredError) as caught:
             client.upload(target.upload_url, clip)
         assert caught.value.status == 403
-        assert server.state()["counts"]["uploads"] == 1
+        assert server.state()["counts"]["upload_requests"] == 1
+        assert server.state()["counts"]["uploads"] == 0

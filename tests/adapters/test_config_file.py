@@ -12,6 +12,7 @@ from mh_watchd.adapters.config_file import (
     CREDENTIAL_NAME,
     DEFAULT_CONFIG_PATH,
     check_environment,
+    check_extras,
     config_path,
     load,
     read_token,
@@ -27,6 +28,7 @@ from mh_watchd.core.config import (
     Config,
 )
 from mh_watchd.core.errors import ConfigError
+from mh_watchd.core.intake import Verdict, classify
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 SECRET = "mhk_live_S3cr3tT0kenValue"
@@ -181,6 +183,53 @@ def test_example_config_passes_the_environment_check_once_folders_exist(tmp_path
         Path(folder.inbox).mkdir(parents=True)
     Path(config.folders[1].inbox, ".mh-share-online").touch()
     assert check_environment(config) == []
+
+
+@pytest.mark.parametrize(
+    ("rel_path", "excluded"),
+    [
+        ("drafts/a.mp4", True),  # a top-level drafts folder
+        ("x/drafts/a.mp4", True),
+        ("x/y/Drafts/a.mp4", True),  # any depth, any case
+        ("a.mp4", False),
+        ("trip/a.mp4", False),
+        ("drafts-2024/a.mp4", False),
+        ("trip/clip.sample.mp4", True),
+    ],
+)
+def test_example_config_excludes_drafts_at_any_depth(
+    tmp_path: Path, rel_path: str, excluded: bool
+) -> None:
+    anime = load(example_in(tmp_path)).folders[0]
+    verdict = classify(
+        PurePosixPath(rel_path),
+        size=1000,
+        include=anime.include,
+        exclude=anime.exclude,
+        min_size_bytes=anime.min_size_bytes,
+        ready_marker=anime.ready_marker,
+    )
+    assert verdict is (Verdict.EXCLUDED if excluded else Verdict.CANDIDATE)
+
+
+def test_apprise_urls_without_the_apprise_package_are_an_environment_problem(
+    tmp_path: Path,
+) -> None:
+    with_urls = load(
+        write_config(
+            tmp_path,
+            folder_toml(tmp_path),
+            '[notify]\napprise_urls = ["tgram://123:SECRET@bot/chat"]',
+        )
+    )
+    problems = check_extras(with_urls, importable=lambda name: name != "apprise")
+    assert len(problems) == 1
+    assert problems[0].startswith("notify.apprise_urls:")
+    assert "pip install 'mh-watchd[apprise]'" in problems[0] and "apprise_urls = []" in problems[0]
+    assert "SECRET" not in problems[0]
+    assert check_extras(with_urls, importable=lambda name: True) == []
+    without = load(write_config(tmp_path, folder_toml(tmp_path)))
+    assert check_extras(without, importable=lambda name: False) == []
 
 
 # --- the token --------------------------------------------------------------------------

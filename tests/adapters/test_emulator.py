@@ -356,7 +356,25 @@ def test_chunked_put_is_refused_with_501_and_nothing_is_stored(
     assert "not been uploaded" in refused.json()["message"]
     # The same URL still takes a proper PUT.
     assert httpx.put(item["upload_url"], content=clip_bytes).status_code == 200
-    assert emu.state()["counts"]["uploads"] == 2
+    assert emu.state()["counts"]["uploads"] == 1
+
+
+def test_only_a_stored_upload_counts_as_an_upload(
+    emu: EmulatorServer, api: httpx.Client, clip_bytes: bytes
+) -> None:
+    item = api.post(
+        "/v1/files/upload-urls", json={"items": [{"extension": "mp4", "type": "video"}]}
+    ).json()["items"][0]
+
+    def chunks() -> Iterator[bytes]:
+        yield clip_bytes
+
+    assert httpx.put(item["upload_url"], content=chunks()).status_code == 501
+    counts = emu.state()["counts"]
+    assert (counts["uploads"], counts["upload_requests"]) == (0, 1)
+    assert httpx.put(item["upload_url"], content=clip_bytes).status_code == 200
+    counts = emu.state()["counts"]
+    assert (counts["uploads"], counts["upload_requests"]) == (1, 2)
 
 
 def test_an_expired_upload_url_answers_403(

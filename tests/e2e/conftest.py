@@ -63,6 +63,11 @@ class Workspace:
         return self.root / name / "out"
 
     def write_config(self) -> Path:
+        overridden = {
+            line.split("=", 1)[0].strip()
+            for line in (self.extra_daemon + "\n" + self.api_extra).splitlines()
+            if "=" in line
+        }
         lines = [
             "[api]",
             f'base_url = "{self.base_url}"',
@@ -80,6 +85,14 @@ class Workspace:
             self.extra_daemon,
             "",
             self.styles,
+        ]
+        # A key set in extra_daemon / api_extra replaces the harness's default for it.
+        lines = [
+            line
+            for line in lines
+            if line in (self.extra_daemon, self.api_extra)
+            or "=" not in line
+            or line.split("=", 1)[0].strip() not in overridden
         ]
         for f in self.folders:
             lines.append("[[folder]]")

@@ -6,8 +6,10 @@ Routes (see magic-hour-api.md): `POST /v1/files/upload-urls`, `PUT /_uploads/<to
 `POST /_emulator/faults`, `POST /_emulator/credits`, `POST /_emulator/projects/<id>`.
 
 Counts in the state document: `creates` counts projects created (an `after_commit` create
-included); every other count is of requests that reached its route, whatever their answer
-(faulted, refused or successful).
+included) and `uploads` uploads stored (a refused, faulted or cut-off PUT is not one);
+`create_requests` and `upload_requests` count every request to those routes, and every other
+count is of requests that reached its route, whatever their answer (faulted, refused or
+successful).
 """
 
 from __future__ import annotations
@@ -376,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- presigned URLs ----------------------------------------------------------------------
 
     def _upload(self, token: str) -> None:
-        self.store.count("uploads")
+        self.store.count("upload_requests")
         self._fault_on_arrival("upload", body_read=False)
         if self._is_chunked() or self.headers.get("Content-Length") is None:
             # Object stores refuse a plain PUT without a length (S3: 501 NotImplemented).
@@ -408,6 +410,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.store.finish_upload(token, partial)
         finally:
             partial.unlink(missing_ok=True)
+        # Only now is it an upload: the bytes are stored and the asset usable.
+        self.store.count("uploads")
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.send_header("ETag", f'"{secrets.token_hex(16)}"')

@@ -33,7 +33,8 @@ from .render import RenderResult
 
 COUNT_NAMES: tuple[str, ...] = (
     "upload_urls",
-    "uploads",
+    "uploads",  # stored uploads only
+    "upload_requests",  # every PUT to an upload URL, refused or faulted included
     "creates",
     "create_requests",
     "gets",
