@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mh_watchd.core.config import DaemonConfig
+
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "mh-watchd.service"
 
 Unit = dict[str, dict[str, list[str]]]
@@ -103,7 +105,9 @@ def test_syscall_filter_starts_from_system_service_and_keeps_chown(unit: Unit) -
 
 
 def test_timeouts_and_writable_paths_are_present(unit: Unit) -> None:
-    assert int(_one(unit, "Service", "TimeoutStopSec")) >= 30
+    # systemd must not SIGKILL the daemon while it still waits for steps in flight.
+    grace = DaemonConfig().stop_grace_seconds
+    assert int(_one(unit, "Service", "TimeoutStopSec")) >= grace + 15
     # Optional ("-") so a missing NAS path does not stop the service from starting.
     assert all(v.startswith("-/") for v in unit["Service"]["ReadWritePaths"])
     # ProcSubset=pid would hide /proc/sys/fs/inotify/max_user_watches from the daemon.
