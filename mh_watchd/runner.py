@@ -4,6 +4,12 @@ Workers call these methods from a bounded pool; they never change a job's state.
 exception is delivery, whose sub-steps are checkpointed into the journal as they go (the target
 of each step is recorded before the step is taken), so a restart can finish a half-done
 delivery. The main loop (daemon.py) turns every outcome into the job's next state.
+
+Inbox files are opened once, never through a symlink, and probed, hashed and uploaded from that
+open file (`LocalFileSystem.open_candidate`); a link is never read, moved, archived or sent.
+Outputs, archives and failed files go only into roots that exist (`makedirs_below`): a missing
+outbox, archive or failed root is an unmounted share, never created, except a root inside the
+job's own inbox (the default `.mh-done` and `.mh-failed`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 import errno
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,7 +27,12 @@ from typing import Any
 import structlog
 
 from mh_watchd.adapters import media
-from mh_watchd.adapters.fs import LocalFileSystem, open_files_under
+from mh_watchd.adapters.fs import (
+    LocalFileSystem,
+    NotACandidateError,
+    OpenCandidate,
+    open_files_under,
+)
 from mh_watchd.adapters.journal import Journal
 from mh_watchd.adapters.magic_hour import MagicHourClient
 from mh_watchd.core import backoff, naming
@@ -57,6 +69,9 @@ class IntakeResult:
     error: str | None = None  # not a video / trim impossible: the job fails before any upload
     vanished: bool = False  # gone or changed since it settled: forget it, the scan will tell
     busy: bool = False  # a process on this host still has it open for writing: not ready
+    # A symlink (to a file or through a linked folder): never a candidate, left where it is.
+    # `vanished` is set too, so a caller that knows only that forgets it the same way.
+    link: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,29 +119,50 @@ class Runner:
         max_seconds: float,
         hash_now: bool,
     ) -> IntakeResult:
-        """Probe a settled file; hash it when asked (a done version may share its path)."""
-        path = root / rel_path
-        st = self._fs.stat(path)
-        if st is None:
-            return IntakeResult(folder, rel_path, 0, 0, 0, vanished=True)
+        """Probe a settled file; hash it when asked (a done version may share its path).
+
+        The file is opened once without following links and read only through that open file.
+        A link, or anything but a regular file, comes back `vanished` (and `link` for a link).
+        """
+        gone = IntakeResult(folder, rel_path, 0, 0, 0, vanished=True)
+        try:
+            opened = self._fs.open_candidate(root, rel_path)
+        except NotACandidateError as exc:
+            if exc.link:
+                log.info("intake.link_ignored", folder=folder, file=rel_path)
+            return dataclasses.replace(gone, link=exc.link)
+        except (FileNotFoundError, NotADirectoryError):
+            return gone
+        with opened.file:
+            return self._intake_open(
+                folder, root, rel_path, opened, start_seconds, max_seconds, hash_now
+            )
+
+    def _intake_open(
+        self,
+        folder: str,
+        root: Path,
+        rel_path: str,
+        opened: OpenCandidate,
+        start_seconds: float,
+        max_seconds: float,
+        hash_now: bool,
+    ) -> IntakeResult:
+        st = opened.stat
         base = IntakeResult(folder, rel_path, st.st_size, st.st_mtime_ns, st.st_ino)
-        if Path(os.path.realpath(path)) in open_files_under(root):
+        if Path(os.path.realpath(root / rel_path)) in open_files_under(root):
             # Quiet is not finished: a local writer (a slow copy, a download client) holds it.
             return dataclasses.replace(base, busy=True)
         try:
-            info = media.probe(path)
+            info = media.probe_fileobj(opened.file, name=PurePosixPath(rel_path).name)
             start, end = trim(
                 info.duration_seconds, start_seconds=start_seconds, max_seconds=max_seconds
             )
         except MediaError as exc:
             return dataclasses.replace(base, error=str(exc))
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return dataclasses.replace(base, vanished=True)
-            raise
         sha = None
         if hash_now:
-            size, sha = self._fs.sha256_file(path)
+            size, sha = self._fs.sha256_file(opened.file)
             if size != st.st_size:
                 return dataclasses.replace(base, vanished=True)
         return dataclasses.replace(
@@ -140,76 +176,111 @@ class Runner:
 
     # ---------------------------------------------------------------- upload
     def upload(self, job: Job, progress: Callable[[int, int], None]) -> StepOutcome:
-        """Convert if needed, then stream the file to a fresh upload URL."""
+        """Convert if needed, then stream the file to a fresh upload URL.
+
+        The original is opened once without following links and must still be the settled
+        file (regular, the job's inode, size and mtime); it is probed, converted, hashed and
+        sent only through that open file. A link or another file there raises
+        SourceChangedError before any byte is sent.
+        """
         assert job.id is not None
         try:
-            source = original_path(job)
-            st = self._fs.stat(source)
-            if st is None:
-                self._check_inbox(job)
-                raise SourceChangedError(f"{job.rel_path} disappeared before its upload finished")
-            if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
-                raise SourceChangedError(f"{job.rel_path} changed before its upload finished")
-            probed: dict[str, Any] = {}
-            if job.end_seconds is None:
-                # Never probed (a retried failure): check it is a video before sending it.
-                info = media.probe(source)
-                start, end = trim(
-                    info.duration_seconds,
-                    start_seconds=job.settings.start_seconds,
-                    max_seconds=job.settings.max_seconds,
-                )
-                probed = {
-                    "duration_seconds": info.duration_seconds,
-                    "fps": info.fps,
-                    "start_seconds": start,
-                    "end_seconds": end,
-                    "credits_estimate": estimate_credits(end - start, job.settings.fps_resolution),
-                }
-            extension = upload_extension(PurePosixPath(job.rel_path))
-            upload_source = source
-            if extension != PurePosixPath(job.rel_path).suffix.lower().lstrip("."):
-                upload_source = self._temp_dir / f"job-{job.id}.mp4"
-                if not upload_source.exists():
-                    media.convert_to_mp4(source, upload_source)
-            client = self._client_factory()
-            result = None
-            for attempt in range(backoff.URL_REFRESH_ATTEMPTS + 1):
-                target = client.request_upload_url(extension)
-                try:
-                    result = client.upload(target.upload_url, upload_source, progress=progress)
-                except UrlExpiredError:
-                    if attempt >= backoff.URL_REFRESH_ATTEMPTS:
-                        raise
-                    continue
-                break
-            assert result is not None
-            after = self._fs.stat(source)
-            if after is None:
-                self._check_inbox(job)
-            if after is None or (after.st_size, after.st_mtime_ns) != (job.size, job.mtime_ns):
-                raise SourceChangedError(f"{job.rel_path} changed while it was uploading")
-            sha = job.sha256
-            if upload_source == source:
-                if sha is not None and sha != result.sha256:
-                    raise SourceChangedError(f"{job.rel_path} changed while it was uploading")
-                sha = result.sha256
-            elif sha is None:
-                _, sha = self._fs.sha256_file(source)
-            return StepOutcome(
-                job.id,
-                "upload",
-                {
-                    "upload_file_path": target.file_path,
-                    "upload_source": str(upload_source),
-                    "uploaded_at": self._clock(),
-                    "sha256": sha,
-                    "progress": 1.0,
-                    **probed,
-                },
-            )
+            opened = self._open_original(job)
+            with opened.file:
+                return self._upload_open(job, opened, progress)
         except Exception as exc:  # a worker's top: every error becomes an outcome
             return StepOutcome(job.id, "upload", {}, error=exc)
+
+    def _open_original(self, job: Job) -> OpenCandidate:
+        """Open the job's original as it settled; raise SourceChangedError otherwise."""
+        try:
+            opened = self._fs.open_candidate(
+                Path(job.settings.inbox), job.rel_path, expect_inode=job.inode or None
+            )
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            self._check_inbox(job)
+            raise SourceChangedError(
+                f"{job.rel_path} disappeared before its upload finished"
+            ) from exc
+        if (opened.stat.st_size, opened.stat.st_mtime_ns) != (job.size, job.mtime_ns):
+            opened.file.close()
+            raise SourceChangedError(f"{job.rel_path} changed before its upload finished")
+        return opened
+
+    def _upload_open(
+        self, job: Job, opened: OpenCandidate, progress: Callable[[int, int], None]
+    ) -> StepOutcome:
+        assert job.id is not None
+        source = original_path(job)
+        probed: dict[str, Any] = {}
+        if job.end_seconds is None:
+            # Never probed (a retried failure): check it is a video before sending it.
+            info = media.probe_fileobj(opened.file, name=source.name)
+            start, end = trim(
+                info.duration_seconds,
+                start_seconds=job.settings.start_seconds,
+                max_seconds=job.settings.max_seconds,
+            )
+            probed = {
+                "duration_seconds": info.duration_seconds,
+                "fps": info.fps,
+                "start_seconds": start,
+                "end_seconds": end,
+                "credits_estimate": estimate_credits(end - start, job.settings.fps_resolution),
+            }
+        extension = upload_extension(PurePosixPath(job.rel_path))
+        converted: Path | None = None
+        if extension != PurePosixPath(job.rel_path).suffix.lower().lstrip("."):
+            converted = self._temp_dir / f"job-{job.id}.mp4"
+            if not converted.exists():
+                media.convert_to_mp4(opened.file, converted, name=source.name)
+        client = self._client_factory()
+        result = None
+        for attempt in range(backoff.URL_REFRESH_ATTEMPTS + 1):
+            target = client.request_upload_url(extension)
+            try:
+                if converted is not None:
+                    result = client.upload(target.upload_url, converted, progress=progress)
+                else:
+                    result = client.upload(
+                        target.upload_url, opened.file, progress=progress, name=job.rel_path
+                    )
+            except UrlExpiredError:
+                if attempt >= backoff.URL_REFRESH_ATTEMPTS:
+                    raise
+                continue
+            break
+        assert result is not None
+        after = self._fs.stat(source)
+        if after is None:
+            self._check_inbox(job)
+        if (
+            after is None
+            or not stat.S_ISREG(after.st_mode)
+            or (after.st_size, after.st_mtime_ns, after.st_ino)
+            != (job.size, job.mtime_ns, opened.stat.st_ino)
+        ):
+            # The name no longer holds the file that was sent (moved away, swapped for a link).
+            raise SourceChangedError(f"{job.rel_path} changed while it was uploading")
+        sha = job.sha256
+        if converted is None:
+            if sha is not None and sha != result.sha256:
+                raise SourceChangedError(f"{job.rel_path} changed while it was uploading")
+            sha = result.sha256
+        elif sha is None:
+            _, sha = self._fs.sha256_file(opened.file)
+        return StepOutcome(
+            job.id,
+            "upload",
+            {
+                "upload_file_path": target.file_path,
+                "upload_source": str(converted or source),
+                "uploaded_at": self._clock(),
+                "sha256": sha,
+                "progress": 1.0,
+                **probed,
+            },
+        )
 
     def _check_inbox(self, job: Job) -> None:
         """Raise InboxUnavailableError when the whole inbox is gone (an outage, not a loss)."""
@@ -274,8 +345,7 @@ class Runner:
                 raise MediaError(f"project {project.id} is {project.status} with no outputs")
             expected = project.end_seconds - project.start_seconds
             outputs: list[Output] = []
-            outbox_dir = self._outbox_dir(job)
-            self._fs.makedirs(outbox_dir)
+            outbox_dir = self._makedirs_in_root(job, job.settings.outbox, self._rel_dir(job))
             for index in range(len(project.downloads)):
                 final_name = self._output_name(job, index)
                 temp = outbox_dir / naming.temp_name(final_name, f"{job.id}-{index}")
@@ -379,21 +449,25 @@ class Runner:
         return sha == out.sha256
 
     def _file_original(self, job: Job) -> tuple[str | None, bool]:
-        """Archive, keep or delete the original; returns (archive path, original_left)."""
+        """Archive, keep or delete the original; returns (archive path, original_left).
+
+        A name that is now a symlink (or anything but a regular file) is never moved or
+        deleted: it counts as the original gone.
+        """
         source = original_path(job)
         policy = job.settings.on_success
-        if job.archive_path is not None and self._fs.stat(source) is None:
+        st = self._original_stat(job)
+        if job.archive_path is not None and st is None:
             return job.archive_path, False  # filed before a crash
-        st = self._fs.stat(source)
         if st is None:
             log.warning("delivery.original_missing", folder=job.folder, file=job.rel_path)
             return None, True
-        if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
-            _, sha = self._fs.sha256_file(source)
-            if st.st_size != job.size or sha != job.sha256:
-                # A new version sits there now: never file it as done.
-                log.info("delivery.original_changed", folder=job.folder, file=job.rel_path)
-                return None, True
+        if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns) and not self._same_content(
+            job, st
+        ):
+            # A new version sits there now: never file it as done.
+            log.info("delivery.original_changed", folder=job.folder, file=job.rel_path)
+            return None, True
         if policy == "keep":
             return None, False
         if policy == "delete":
@@ -404,9 +478,8 @@ class Runner:
                 return None, True
             return None, False
         rel = PurePosixPath(job.rel_path)
-        archive_dir = Path(job.settings.archive) / rel.parent
         try:
-            self._fs.makedirs(archive_dir)
+            archive_dir = self._makedirs_in_root(job, job.settings.archive, rel.parent)
             for candidate in naming.collision_candidates(rel.name):
                 target = archive_dir / naming.fit_name(candidate, reserve=NAME_RESERVE_BYTES)
                 if target.exists() or target.is_symlink():
@@ -422,16 +495,44 @@ class Runner:
             log.warning("delivery.archive_failed", file=job.rel_path, error=str(exc))
         return None, True
 
+    def _original_stat(self, job: Job) -> os.stat_result | None:
+        """The lstat of the job's original when it is a regular file; None when gone or a link."""
+        st = self._fs.stat(original_path(job))
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            log.warning(
+                "job.original_not_a_file", folder=job.folder, file=job.rel_path, job_id=job.id
+            )
+            return None
+        return st
+
+    def _same_content(self, job: Job, st: os.stat_result) -> bool:
+        """Whether the original (of lstat `st`) still holds the job's bytes, read without
+        following links; False when it cannot be read as that file."""
+        if st.st_size != job.size:
+            return False
+        try:
+            opened = self._fs.open_candidate(
+                Path(job.settings.inbox), job.rel_path, expect_inode=st.st_ino
+            )
+        except (SourceChangedError, FileNotFoundError, NotADirectoryError):
+            return False
+        with opened.file:
+            size, sha = self._fs.sha256_file(opened.file)
+        return size == job.size and sha == job.sha256
+
     def _remove_converted(self, job: Job) -> None:
         if job.upload_source and Path(job.upload_source) != original_path(job):
             self._fs.remove(Path(job.upload_source))
 
     # ---------------------------------------------------------------- failing
     def file_failure(self, job: Job, reason: str, *, request: str, service: str | None) -> str:
-        """Move the original to the failed folder beside `<name>.error.json`; returns its path."""
+        """Move the original to the failed folder beside `<name>.error.json`; returns its path.
+
+        A link at the original's name is left where it is (only the report is written). Raises
+        OSError, FileNotFoundError naming the failed root when it is missing (never created).
+        """
         rel = PurePosixPath(job.rel_path)
-        failed_dir = Path(job.settings.failed) / rel.parent
-        self._fs.makedirs(failed_dir)
+        failed_dir = self._makedirs_in_root(job, job.settings.failed, rel.parent)
         source = original_path(job)
         target: Path | None = Path(job.failed_path) if job.failed_path else None
         if target is None or (target.exists() and self._fs.stat(source) is not None):
@@ -455,22 +556,27 @@ class Runner:
         }
         sidecar = target.with_name(naming.error_json_name(target.name))
         self._fs.write_atomic(sidecar, (json.dumps(report, indent=2) + "\n").encode())
-        if self._fs.stat(source) is not None:
+        if self._original_stat(job) is not None:
             self._fs.move_noreplace(source, target)
         self._remove_converted(job)
         return str(target)
 
     def restore_failed(self, job: Job) -> str | None:
-        """Move a failed original back to its inbox path (` (n)` if taken); drop its report."""
+        """Move a failed original back to its inbox path (` (n)` if taken); drop its report.
+
+        Returns the restored path relative to the inbox, None when there was no regular file to
+        move (a link in the failed folder is never moved). Raises FileNotFoundError when the
+        inbox is missing (never created), other OSErrors.
+        """
         if not job.failed_path:
             return None
         failed = Path(job.failed_path)
         sidecar = failed.with_name(naming.error_json_name(failed.name))
         rel = PurePosixPath(job.rel_path)
-        dest_dir = Path(job.settings.inbox) / rel.parent
         restored = None
-        if self._fs.stat(failed) is not None:
-            self._fs.makedirs(dest_dir)
+        st = self._fs.stat(failed)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            dest_dir = self._fs.makedirs_below(Path(job.settings.inbox), rel.parent)
             for candidate in naming.collision_candidates(rel.name):
                 if self._fs.move_noreplace(failed, dest_dir / candidate):
                     restored = str((dest_dir / candidate).relative_to(job.settings.inbox))
@@ -480,7 +586,22 @@ class Runner:
 
     # ---------------------------------------------------------------- helpers
     def _outbox_dir(self, job: Job) -> Path:
-        return Path(job.settings.outbox) / PurePosixPath(job.rel_path).parent
+        return Path(job.settings.outbox) / self._rel_dir(job)
+
+    @staticmethod
+    def _rel_dir(job: Job) -> PurePosixPath:
+        return PurePosixPath(job.rel_path).parent
+
+    def _makedirs_in_root(self, job: Job, root: str, sub: PurePosixPath) -> Path:
+        """Create `root/sub` below an existing `root`; return it. Raises FileNotFoundError
+        naming `root` when it is missing (an unmounted share). A root inside the job's own
+        inbox (the default `.mh-done`, `.mh-failed`) may be created: the inbox proves the
+        share is there."""
+        inbox, target = Path(job.settings.inbox), Path(root)
+        if target != inbox and target.is_relative_to(inbox):
+            inner = PurePosixPath(target.relative_to(inbox).as_posix()) / sub
+            return self._fs.makedirs_below(inbox, inner)
+        return self._fs.makedirs_below(target, sub)
 
     def _output_name(self, job: Job, index: int) -> str:
         name = naming.output_rel_path(

@@ -7,6 +7,11 @@ Placing never replaces: `os.link` + unlink, else `renameat2(RENAME_NOREPLACE)` w
 filesystem has no hard links (CIFS, many FUSE filesystems, vfat), else an `O_EXCL`
 placeholder that is then renamed over. Every path the adapter creates honours the configured
 umask exactly (whatever the process umask), and new directories take their parent's group.
+
+Inbox files are opened with `open_candidate`, never through a symlink, and checked on the open
+descriptor; moves refuse links. Output roots (outbox, archive, failed) are never created:
+`makedirs_below` makes subfolders inside a root that exists, since a missing root is most
+likely a share that is not mounted.
 """
 
 from __future__ import annotations
@@ -23,11 +28,19 @@ import shutil
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
+from mh_watchd.core.errors import SourceChangedError
 from mh_watchd.core.mounts import Mount, is_remote, mount_for, parse_mountinfo
 
-__all__ = ["FileSystem", "LocalFileSystem", "open_files_under", "renameat2_noreplace"]
+__all__ = [
+    "FileSystem",
+    "LocalFileSystem",
+    "NotACandidateError",
+    "OpenCandidate",
+    "open_files_under",
+    "renameat2_noreplace",
+]
 
 # os.link fails with these where the filesystem (or fs.protected_hardlinks) allows no hard link.
 _NO_HARDLINK_ERRNOS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
@@ -52,6 +65,12 @@ _UNREACHABLE_ERRNOS = frozenset(
         errno.ENODEV,
     }
 )
+
+# Opening an inbox file: never through a link (O_NOFOLLOW), and never blocking on a FIFO or
+# taking a terminal (O_NONBLOCK, O_NOCTTY); blocking mode is restored once it is known regular.
+_CANDIDATE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_CANDIDATE_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -111,6 +130,25 @@ def renameat2_noreplace(src: Path, dest: Path) -> None:
         raise OSError(code, os.strerror(code), str(src), None, str(dest))
 
 
+class NotACandidateError(SourceChangedError):
+    """An inbox name that is a symlink (`link` True) or not a regular file: never an input.
+
+    It is never read, moved or sent. A SourceChangedError, so a job whose original's name
+    became one ends `superseded` before any create.
+    """
+
+    def __init__(self, message: str, *, link: bool) -> None:
+        self.link = link
+        super().__init__(message)
+
+
+class OpenCandidate(NamedTuple):
+    """An inbox file opened by `open_candidate`: read it only through `file` (closed by you)."""
+
+    file: BinaryIO  # buffered, at offset 0
+    stat: os.stat_result  # fstat of that very descriptor: a regular file
+
+
 class FileSystem(Protocol):
     """What the daemon needs from filesystems; `LocalFileSystem` documents each method."""
 
@@ -120,6 +158,9 @@ class FileSystem(Protocol):
     def check_writable_dir(self, path: Path, *, create: bool) -> str | None: ...
     def free_bytes(self, path: Path) -> int: ...
     def stat(self, path: Path) -> os.stat_result | None: ...
+    def open_candidate(
+        self, root: Path, rel: str | PurePosixPath, *, expect_inode: int | None = ...
+    ) -> OpenCandidate: ...
     def state_dir_problem(self, path: Path) -> str | None: ...
     def inotify_limits(self) -> tuple[int | None, int | None]: ...
     def count_dirs(self, root: Path, limit: int) -> int: ...
@@ -128,9 +169,10 @@ class FileSystem(Protocol):
     def move_noreplace(self, src: Path, dest: Path) -> bool: ...
     def fsync_dir(self, path: Path) -> None: ...
     def makedirs(self, path: Path) -> None: ...
+    def makedirs_below(self, root: Path, sub: str | PurePosixPath) -> Path: ...
     def write_atomic(self, path: Path, data: bytes) -> None: ...
     def remove(self, path: Path) -> None: ...
-    def sha256_file(self, path: Path, chunk: int = ...) -> tuple[int, str]: ...
+    def sha256_file(self, path: Path | BinaryIO, chunk: int = ...) -> tuple[int, str]: ...
 
 
 def _errno_reason(exc: OSError, denied: str, other: str) -> str:
@@ -298,6 +340,72 @@ class LocalFileSystem:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
+    def open_candidate(
+        self, root: Path, rel: str | PurePosixPath, *, expect_inode: int | None = None
+    ) -> OpenCandidate:
+        """Open the inbox file `root/rel` for reading without following any link below `root`.
+
+        Each folder of `rel` is opened O_NOFOLLOW from the one above, the file O_NOFOLLOW, then
+        checked on its descriptor: a regular file, of inode `expect_inode` when given (`root`
+        itself may be a link: the operator's choice). Read, hash and upload only through the
+        returned file, so a name swapped meanwhile is never read through.
+        Raises NotACandidateError (`link` True for a link anywhere below `root`),
+        SourceChangedError when it holds another inode, FileNotFoundError or NotADirectoryError
+        when it is gone, ValueError for an absolute `rel` or one with "..", other OSErrors.
+        """
+        parts = _relative_parts(rel)
+        if not parts:
+            raise ValueError(f"not a file below the inbox: {rel!r}")
+        shown = str(root.joinpath(*parts))
+        dir_fd = os.open(root, _DIR_FLAGS)
+        try:
+            for index, part in enumerate(parts[:-1]):
+                try:
+                    next_fd = os.open(part, _CANDIDATE_DIR_FLAGS, dir_fd=dir_fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        where = str(root.joinpath(*parts[: index + 1]))
+                        self._refuse_entry(dir_fd, part, where, exc)
+                    raise
+                os.close(dir_fd)
+                dir_fd = next_fd
+            name = parts[-1]
+            # lstat first, so a device or FIFO is never even opened (the fstat below decides).
+            before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(before.st_mode):
+                raise _not_a_candidate(shown, before)
+            try:
+                fd = os.open(name, _CANDIDATE_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.ENOTDIR):
+                    self._refuse_entry(dir_fd, name, shown, exc)
+                raise
+        finally:
+            os.close(dir_fd)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise _not_a_candidate(shown, info)
+            if expect_inode is not None and info.st_ino != expect_inode:
+                raise SourceChangedError(
+                    f"{shown} now holds another file than the one that settled"
+                )
+            os.set_blocking(fd, True)
+            return OpenCandidate(os.fdopen(fd, "rb"), info)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _refuse_entry(dir_fd: int, name: str, shown: str, exc: OSError) -> None:
+        """Raise NotACandidateError when `name` in `dir_fd` is a link or not a regular file."""
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return  # gone meanwhile: the caller re-raises the original error
+        if stat.S_ISLNK(info.st_mode) or exc.errno in (errno.ENXIO, errno.ENODEV):
+            raise _not_a_candidate(shown, info) from exc
+
     def state_dir_problem(self, path: Path) -> str | None:
         """Return why `path` cannot hold the journal ("on nfs: SQLite WAL is unsafe there").
 
@@ -454,13 +562,19 @@ class LocalFileSystem:
         raise FileExistsError(errno.EEXIST, "every candidate name is taken", str(dest_dir))
 
     def move_noreplace(self, src: Path, dest: Path) -> bool:
-        """Move file `src` to `dest`, across filesystems too, never replacing anything.
+        """Move regular file `src` to `dest`, across filesystems too, never replacing anything.
 
         Returns False when `dest` exists (nothing changed). Across filesystems: copy to a hidden
         temp in `dest`'s directory, fsync, keep mode and times, place, unlink `src`, fsync both
-        directories. Raises OSError; on a failure before placing, `src` is intact and no temp
-        is left.
+        directories. Raises OSError (ELOOP when `src` is a symlink, EINVAL when it is not a
+        regular file: neither is ever moved); on a failure before placing, `src` is intact
+        and no temp is left.
         """
+        info = os.lstat(src)
+        if stat.S_ISLNK(info.st_mode):
+            raise OSError(errno.ELOOP, "is a symbolic link, never moved", str(src))
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "is not a regular file, never moved", str(src))
         try:
             return self.place_noreplace(src, dest)
         except OSError as exc:
@@ -486,7 +600,10 @@ class LocalFileSystem:
         """Copy `src` to the new file `dest` in constant memory, with mode and times, fsynced."""
         buffer = bytearray(self.copy_chunk_bytes)
         view = memoryview(buffer)
-        with open(src, "rb", buffering=0) as reader:
+        # O_NOFOLLOW: a name swapped for a link since the caller's check is never copied through.
+        with open(
+            os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb", buffering=0
+        ) as reader:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 while count := reader.readinto(buffer):
@@ -556,10 +673,14 @@ class LocalFileSystem:
             if os.path.isdir(directory):
                 return  # another worker made it meanwhile
             raise
+        self._adopt_parent(directory.parent, directory, mode)
+
+    def _adopt_parent(self, parent: Path | int, directory: Path | int, mode: int) -> None:
+        """Give new `directory` its `parent`'s group and exactly `mode` (paths or open fds)."""
         # Both steps are best effort: shares with fixed owners and modes refuse them, and the
         # directory is usable anyway.
         try:
-            parent_gid = os.stat(directory.parent).st_gid
+            parent_gid = os.stat(parent).st_gid
             info = os.stat(directory)
         except OSError:
             return
@@ -572,6 +693,59 @@ class LocalFileSystem:
         # bit so the group keeps propagating.
         with contextlib.suppress(OSError):
             os.chmod(directory, mode | (info.st_mode & stat.S_ISGID))
+
+    def makedirs_below(self, root: Path, sub: str | PurePosixPath) -> Path:
+        """Create folder `root/sub` and its missing parents inside the directory `root`.
+
+        Returns `root/sub`. `root` (an outbox, archive, failed folder or inbox) is never
+        created: a missing one is most likely a share that is not mounted. New folders get the
+        umask and their parent's group, as `makedirs`. Raises FileNotFoundError (ENOENT,
+        `filename` = `root`) when `root` is missing (a dangling link too), NotADirectoryError
+        when it is not a directory, FileExistsError when `root/sub` is a file, ValueError for
+        an absolute `sub` or one with "..", other OSErrors (EACCES, ENOSPC...) as they come.
+        """
+        parts = _relative_parts(sub)
+        try:
+            # Created relative to the open root, so a root unmounted meanwhile is not re-made.
+            dir_fd = os.open(root, _DIR_FLAGS)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                errno.ENOENT, "missing (is its share mounted?); never created", str(root)
+            ) from exc
+        except NotADirectoryError as exc:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(root)) from exc
+        try:
+            for index, part in enumerate(parts):
+                where = root.joinpath(*parts[: index + 1])
+                next_fd = self._open_or_mkdir(dir_fd, part, where, last=index == len(parts) - 1)
+                os.close(dir_fd)
+                dir_fd = next_fd
+        finally:
+            os.close(dir_fd)
+        return root.joinpath(*parts)
+
+    def _open_or_mkdir(self, dir_fd: int, name: str, where: Path, *, last: bool) -> int:
+        """Open folder `name` in `dir_fd`, creating it first when missing; return its fd."""
+        mode = 0o777 & ~self.umask
+        created = False
+        try:
+            os.mkdir(name, mode, dir_fd=dir_fd)
+            created = True
+        except FileExistsError:
+            pass  # there already, or made by another worker meanwhile: the open below says
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except NotADirectoryError:
+            if last:
+                raise FileExistsError(
+                    errno.EEXIST, "exists and is not a directory", str(where)
+                ) from None
+            raise NotADirectoryError(
+                errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(where)
+            ) from None
+        if created:
+            self._adopt_parent(dir_fd, fd, mode)
+        return fd
 
     def write_atomic(self, path: Path, data: bytes) -> None:
         """Replace `path` with `data` atomically: hidden temp, fsync, rename, directory fsync.
@@ -603,13 +777,20 @@ class LocalFileSystem:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
-    def sha256_file(self, path: Path, chunk: int = 1 << 20) -> tuple[int, str]:
+    def sha256_file(self, path: Path | BinaryIO, chunk: int = 1 << 20) -> tuple[int, str]:
         """Return (size in bytes, SHA-256 hex digest) of `path`, read in `chunk`-byte pieces.
 
-        Raises OSError when it cannot be read.
+        `path` may be an open binary file (e.g. from `open_candidate`): it is read from its
+        start and left open. Raises OSError when it cannot be read.
         """
         digest = hashlib.sha256()
         size = 0
+        if not isinstance(path, Path):
+            path.seek(0)
+            while data := path.read(chunk):
+                digest.update(data)
+                size += len(data)
+            return size, digest.hexdigest()
         buffer = bytearray(chunk)
         view = memoryview(buffer)
         with open(path, "rb", buffering=0) as reader:
@@ -623,6 +804,20 @@ if TYPE_CHECKING:
 
     def _conforms(fs: LocalFileSystem) -> FileSystem:
         return fs  # mypy proves LocalFileSystem satisfies the protocol
+
+
+def _relative_parts(rel: str | PurePosixPath) -> tuple[str, ...]:
+    """The parts of a relative posix path ("." alone gives none); ValueError if it escapes."""
+    path = PurePosixPath(rel)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"not a path below its root: {str(rel)!r}")
+    return path.parts
+
+
+def _not_a_candidate(shown: str, info: os.stat_result) -> NotACandidateError:
+    if stat.S_ISLNK(info.st_mode):
+        return NotACandidateError(f"{shown} is a symbolic link: never followed", link=True)
+    return NotACandidateError(f"{shown} is not a regular file", link=False)
 
 
 def _is_under(target: str, root: str) -> bool:

@@ -10,8 +10,9 @@ Two rules hold everywhere in this module:
   request, built from the numbers in `mh_watchd.core.backoff`, retrying only
   `TransientApiError` (never an `AmbiguousCreateError`).
 
-Uploads stream from the file in 1 MiB chunks with an explicit Content-Length (object stores
-refuse chunked PUTs) and hash exactly the bytes sent; downloads stream to the caller's path,
+Uploads stream from the file (a path, or a file the caller already opened without following
+links) in 1 MiB chunks with an explicit Content-Length (object stores refuse chunked PUTs) and
+hash exactly the bytes sent; downloads stream to the caller's path,
 fsync it and check the byte count. The API token goes only on `/v1/` calls and never into an
 exception text or a repr.
 """
@@ -419,52 +420,68 @@ class MagicHourClient:
     def upload(
         self,
         upload_url: str,
-        path: Path,
+        source: Path | BinaryIO,
         *,
         progress: Callable[[int, int], None] | None = None,
+        name: str | None = None,
     ) -> UploadResult:
-        """PUT the file to a presigned URL, streamed in 1 MiB chunks with a Content-Length.
+        """PUT a file to a presigned URL, streamed in 1 MiB chunks with a Content-Length.
 
-        Returns its size and the SHA-256 of the bytes sent. Raises SourceChangedError if the
-        file changes while read, UrlExpiredError on 403/404, OSError if it cannot be opened.
-        `progress(done, total)` follows each chunk (back to 0 on a retry).
+        `source` is a path, or a binary file already open (an inbox file opened without
+        following links: only that open file is read, from byte 0, and it is left open);
+        `name` names it in errors (default: the path's name). Returns its size and the SHA-256
+        of the bytes sent. Raises SourceChangedError if the file changes while read,
+        UrlExpiredError on 403/404, OSError if it cannot be opened. `progress(done, total)`
+        follows each chunk (back to 0 on a retry).
         """
-        with path.open("rb") as source:
-            baseline = os.fstat(source.fileno())
+        if isinstance(source, Path):
+            with source.open("rb") as opened:
+                return self._upload_open(upload_url, opened, name or source.name, progress)
+        return self._upload_open(upload_url, source, name or "the file", progress)
 
-            def attempt(retried: bool) -> UploadResult:
-                self._check_unchanged(source, baseline, path)
-                source.seek(0)
-                tally = _UploadTally()
-                stream = self._upload_chunks(source, baseline, path, tally, progress)
-                try:
-                    with _Attempt("upload", retried, self._on_request) as record:
-                        try:
-                            response = self._http.request(
-                                "PUT",
-                                upload_url,
-                                content=stream,
-                                headers={
-                                    "Content-Length": str(baseline.st_size),
-                                    "User-Agent": self._user_agent,
-                                },
-                                timeout=self._transfer_timeout,
-                                follow_redirects=False,
-                            )
-                        except httpx.HTTPError as exc:
-                            raise self._translate("upload", exc) from exc
-                        record.status = response.status_code
-                finally:
-                    stream.close()
-                if not response.is_success:
-                    raise self._translate("upload", response)
-                if tally.sent != baseline.st_size:
-                    # Only a misbehaving server answers 2xx before the whole body arrived.
-                    detail = f"answered after {tally.sent} of {baseline.st_size} bytes"
-                    raise self._translate("upload", response, detail=detail)
-                return UploadResult(size=baseline.st_size, sha256=tally.digest.hexdigest())
+    def _upload_open(
+        self,
+        upload_url: str,
+        source: BinaryIO,
+        name: str,
+        progress: Callable[[int, int], None] | None,
+    ) -> UploadResult:
+        """`upload` from the open file `source`."""
+        baseline = os.fstat(source.fileno())
 
-            return self._with_retries(attempt)
+        def attempt(retried: bool) -> UploadResult:
+            self._check_unchanged(source, baseline, name)
+            source.seek(0)
+            tally = _UploadTally()
+            stream = self._upload_chunks(source, baseline, name, tally, progress)
+            try:
+                with _Attempt("upload", retried, self._on_request) as record:
+                    try:
+                        response = self._http.request(
+                            "PUT",
+                            upload_url,
+                            content=stream,
+                            headers={
+                                "Content-Length": str(baseline.st_size),
+                                "User-Agent": self._user_agent,
+                            },
+                            timeout=self._transfer_timeout,
+                            follow_redirects=False,
+                        )
+                    except httpx.HTTPError as exc:
+                        raise self._translate("upload", exc) from exc
+                    record.status = response.status_code
+            finally:
+                stream.close()
+            if not response.is_success:
+                raise self._translate("upload", response)
+            if tally.sent != baseline.st_size:
+                # Only a misbehaving server answers 2xx before the whole body arrived.
+                detail = f"answered after {tally.sent} of {baseline.st_size} bytes"
+                raise self._translate("upload", response, detail=detail)
+            return UploadResult(size=baseline.st_size, sha256=tally.digest.hexdigest())
+
+        return self._with_retries(attempt)
 
     def download(
         self,
@@ -596,7 +613,7 @@ class MagicHourClient:
         self,
         source: BinaryIO,
         baseline: os.stat_result,
-        path: Path,
+        name: str,
         tally: _UploadTally,
         progress: Callable[[int, int], None] | None,
     ) -> Generator[bytes, None, None]:
@@ -608,14 +625,13 @@ class MagicHourClient:
             chunk = source.read(want) if want > 0 else b""
             if len(chunk) != want:  # a buffered read of a regular file is short only at EOF
                 raise SourceChangedError(
-                    f"{path.name}: ended after {tally.sent + len(chunk)} of {size} bytes "
-                    "while uploading"
+                    f"{name}: ended after {tally.sent + len(chunk)} of {size} bytes while uploading"
                 )
             last = tally.sent + want >= size
             if last:
                 if source.read(1):
-                    raise SourceChangedError(f"{path.name}: grew past {size} bytes while uploading")
-                self._check_unchanged(source, baseline, path)
+                    raise SourceChangedError(f"{name}: grew past {size} bytes while uploading")
+                self._check_unchanged(source, baseline, name)
             tally.digest.update(chunk)
             if chunk:
                 yield chunk
@@ -626,12 +642,12 @@ class MagicHourClient:
                 return
 
     @staticmethod
-    def _check_unchanged(source: BinaryIO, baseline: os.stat_result, path: Path) -> None:
+    def _check_unchanged(source: BinaryIO, baseline: os.stat_result, name: str) -> None:
         """Raise SourceChangedError when the open file's size or mtime moved since `baseline`."""
         now = os.fstat(source.fileno())
         if now.st_size != baseline.st_size or now.st_mtime_ns != baseline.st_mtime_ns:
             raise SourceChangedError(
-                f"{path.name}: changed while uploading ({baseline.st_size} -> {now.st_size} bytes)"
+                f"{name}: changed while uploading ({baseline.st_size} -> {now.st_size} bytes)"
             )
 
 

@@ -53,6 +53,8 @@ _TAIL_SECONDS = 3.0
 # The demuxed data may end this much before the header's duration (a last frame's rounding).
 _TAIL_SLACK_SECONDS = 0.25
 _PYAV_ERRORS = (av.error.FFmpegError, OSError)
+# PyAV reads a Python file object through callbacks; big reads keep a conversion's overhead low.
+_READ_BUFFER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,12 @@ def probe(path: Path) -> MediaInfo:
     """Return what `path` holds, reading its header and decoding one video frame.
 
     Raises MediaError when it is not a decodable video (empty, truncated, text, audio only,
-    no frame decodes) or cannot be opened at all.
+    no frame decodes) or cannot be opened at all. For inbox files, open them without
+    following links (`LocalFileSystem.open_candidate`) and use `probe_fileobj`.
     """
     name = path.name
     try:
         with path.open("rb") as fileobj:
-            if os.fstat(fileobj.fileno()).st_size == 0:
-                raise _unreadable(name, "the file is empty")
             return probe_fileobj(fileobj, name=name)
     except OSError as exc:
         raise _unreadable(name, _why(exc)) from exc
@@ -92,36 +93,52 @@ def probe(path: Path) -> MediaInfo:
 def probe_fileobj(fileobj: BinaryIO, *, name: str) -> MediaInfo:
     """Return what the seekable binary `fileobj` holds (as `probe` does); `name` is for messages.
 
-    Raises MediaError when it is not a decodable video.
+    Reads from its start and leaves it open. Raises MediaError when it is not a decodable video.
     """
     try:
+        if fileobj.seek(0, os.SEEK_END) == 0:
+            raise _unreadable(name, "the file is empty")
+        fileobj.seek(0)
         with av.open(fileobj, mode="r", metadata_errors="replace") as container:
             return _inspect(container, name)
     except _PYAV_ERRORS as exc:
         raise _unreadable(name, _why(exc)) from exc
 
 
-def convert_to_mp4(src: Path, dest: Path) -> Path:
+def convert_to_mp4(src: Path | BinaryIO, dest: Path, *, name: str | None = None) -> Path:
     """Write `src` as an mp4 at `dest` (stream copy where codecs allow, else H.264/AAC).
 
-    Writes through a hidden temp name beside `dest`, then renames. Returns `dest`. Raises
-    MediaError when `src` does not decode or cannot be converted, OSError when `dest` cannot
-    be written (nothing is left behind either way), ValueError when `dest` is not a .mp4.
+    `src` is a path, or a seekable binary file already open (an inbox file opened without
+    following links), read from its start and left open; `name` names it in messages
+    (default: the path's name). Writes through a hidden temp name beside `dest`, then renames.
+    Returns `dest`. Raises MediaError when `src` does not decode or cannot be converted,
+    OSError when `dest` cannot be written (nothing is left behind either way), ValueError
+    when `dest` is not a .mp4.
     """
     if dest.suffix != ".mp4":
         raise ValueError(f"conversion target must end in .mp4: {dest}")
-    probe(src)  # refuse before writing anything when the source is not a video
+    if not isinstance(src, Path):
+        return _convert(src, dest, name or _name_of(src))
+    try:
+        fileobj = src.open("rb")
+    except OSError as exc:
+        raise _unreadable(name or src.name, _why(exc)) from exc
+    with fileobj:
+        return _convert(fileobj, dest, name or src.name)
+
+
+def _convert(src: BinaryIO, dest: Path, name: str) -> Path:
+    probe_fileobj(src, name=name)  # refuse before writing anything when it is not a video
     stem = dest.stem.encode()[:100].decode(errors="ignore")  # temp name must fit 255 bytes
     tmp = dest.with_name(f".{stem}.{secrets.token_hex(4)}.part")
     try:
-        _write_mp4(src, tmp)
+        src.seek(0)
+        _write_mp4(src, name, tmp)
         _fsync_file(tmp)
         try:
             probe(tmp)
         except MediaError as exc:
-            raise MediaError(
-                f"{src.name} could not be converted: the result is unreadable"
-            ) from exc
+            raise MediaError(f"{name} could not be converted: the result is unreadable") from exc
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -293,11 +310,11 @@ def _video_stream_or_fail(container: InputContainer, name: str) -> VideoStream:
 # --- conversion ----------------------------------------------------------------------------
 
 
-def _write_mp4(src: Path, tmp: Path) -> None:
-    """Convert `src` into a new mp4 at `tmp`; source trouble is MediaError, output OSError."""
-    name = src.name
+def _write_mp4(src: BinaryIO, name: str, tmp: Path) -> None:
+    """Convert open file `src` into a new mp4 at `tmp`; source trouble is MediaError, output
+    OSError."""
     try:
-        source = av.open(str(src), metadata_errors="replace")
+        source = av.open(src, mode="r", metadata_errors="replace", buffer_size=_READ_BUFFER_BYTES)
     except _PYAV_ERRORS as exc:
         raise _unreadable(name, _why(exc)) from exc
     try:
@@ -482,6 +499,12 @@ def _ticks(seconds: float, time_base: Fraction | None) -> int:
 
 
 # --- small helpers -------------------------------------------------------------------------
+
+
+def _name_of(fileobj: BinaryIO) -> str:
+    """A file object's base name for messages ("video" when it has none, e.g. an fd)."""
+    raw = getattr(fileobj, "name", None)
+    return os.path.basename(raw) if isinstance(raw, str) and raw else "video"
 
 
 def _unreadable(name: str, why: str) -> MediaError:

@@ -2,6 +2,8 @@
 
 Both watchers only turn what they see into small `FsEvent` values on a queue; the daemon's loop
 decides what they mean. Paths in events are relative to the inbox root (`"."` is the root).
+Symlinks are never news, by any route: native events for a name that is a link are dropped,
+and no watcher or walk descends a symlinked directory.
 
     NativeWatcher  watchdog's native observer (inotify on Linux); `start()` raises OSError when the
                    root cannot be watched, so the caller can fall back to polling.
@@ -53,6 +55,8 @@ RECENT_PASSES = 4
 # A directory whose mtime is this close to the wall clock when listed is listed again next pass:
 # on coarse timestamps (older kernels, SMB/NFS, FAT's 2 s) a later entry may not move it again.
 FRESH_DIR_NS = 2_000_000_000
+# The native watcher logs each dropped symlink once; past this many names it starts afresh.
+_LINKS_LOGGED_MAX = 10_000
 # How long Poller.stop() waits for a pass stuck on a hung share before giving up on the join.
 STOP_JOIN_SECONDS = 10.0
 
@@ -151,7 +155,8 @@ def count_dirs(root: Path, limit: int) -> int:
 
 # -------------------------------------------------------------------------------- native events
 class _EventTranslator(FileSystemEventHandler):
-    """Turns watchdog events into FsEvents on the sink; path arithmetic only, no I/O."""
+    """Turns watchdog events into FsEvents on the sink: path arithmetic, plus one lstat per
+    name that appeared or changed, so a symlink (to a file or a directory) is never news."""
 
     def __init__(
         self, folder: str, root: Path, *, recursive: bool, prune: _Prune, sink: queue.Queue[FsEvent]
@@ -163,6 +168,7 @@ class _EventTranslator(FileSystemEventHandler):
         self._prefix = os.path.join(self._root, "")
         self._prune = prune
         self._sink = sink
+        self._links_logged: set[str] = set()
 
     def _rel(self, path: bytes | str, *, is_dir: bool) -> PurePosixPath | None:
         text = os.fsdecode(path)
@@ -176,10 +182,32 @@ class _EventTranslator(FileSystemEventHandler):
             return None  # inside an ignored directory (e.g. the default `.mh-done` archive)
         return rel
 
-    def _put(self, path: bytes | str, kind: str, *, is_dir: bool) -> None:
+    def _put(self, path: bytes | str, kind: str, *, is_dir: bool, gone: bool = False) -> None:
+        """Queue `kind` for `path`, unless it is ignored or (a name that did not go) a link."""
         rel = self._rel(path, is_dir=is_dir)
-        if rel is not None:
-            self._sink.put(FsEvent(self._folder, rel, kind))
+        if rel is None:
+            return
+        if not gone and rel != ROOT and self._is_link(path, rel):
+            return
+        self._sink.put(FsEvent(self._folder, rel, kind))
+
+    def _is_link(self, path: bytes | str, rel: PurePosixPath) -> bool:
+        """True when `path` is a symlink now (logged once per path). A name already gone is
+        not: its own deleted event follows."""
+        try:
+            if not stat.S_ISLNK(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+        # watchdog adds no watch through a link (IN_DONT_FOLLOW, no walk into it), so a
+        # symlinked directory is never descended; its name alone is dropped here.
+        key = rel.as_posix()
+        if key not in self._links_logged:
+            if len(self._links_logged) >= _LINKS_LOGGED_MAX:
+                self._links_logged.clear()
+            self._links_logged.add(key)
+            log.debug("watcher.link_ignored", folder=self._folder, file=key)
+        return True
 
     def dispatch(self, event: FileSystemEvent) -> None:
         kind = event.event_type
@@ -188,10 +216,12 @@ class _EventTranslator(FileSystemEventHandler):
                 self._sink.put(FsEvent(self._folder, ROOT, "deleted"))
             elif not self._recursive:
                 pass  # subdirectories of a flat inbox hold nothing we take
-            elif kind in ("created", "deleted"):
+            elif kind == "created":
                 self._put(event.src_path, "dir_changed", is_dir=True)
+            elif kind == "deleted":
+                self._put(event.src_path, "dir_changed", is_dir=True, gone=True)
             elif kind == "moved":
-                self._put(event.src_path, "dir_changed", is_dir=True)
+                self._put(event.src_path, "dir_changed", is_dir=True, gone=True)
                 self._put(event.dest_path, "dir_changed", is_dir=True)
             # A directory's own "modified"/"attrib" only echoes a change to one of its entries,
             # which arrives as its own event: passing it on would ask for a rescan per file.
@@ -199,9 +229,9 @@ class _EventTranslator(FileSystemEventHandler):
         if kind in ("created", "modified", "closed", "attrib"):
             self._put(event.src_path, "changed", is_dir=False)
         elif kind == "deleted":
-            self._put(event.src_path, "deleted", is_dir=False)
+            self._put(event.src_path, "deleted", is_dir=False, gone=True)
         elif kind == "moved":
-            self._put(event.src_path, "deleted", is_dir=False)
+            self._put(event.src_path, "deleted", is_dir=False, gone=True)
             self._put(event.dest_path, "changed", is_dir=False)
 
 
@@ -292,13 +322,16 @@ class NativeWatcher:
             return
         if not stat.S_ISDIR(os.stat(self.root).st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "inbox is not a directory", str(self.root))
+        # The inbox itself may be a link (to a share's folder): watch where it leads, since
+        # watchdog watches a link's own inode (IN_DONT_FOLLOW). Links below it are never followed.
+        watched = Path(os.path.realpath(self.root))
         handler = _EventTranslator(
-            self.folder, self.root, recursive=self.recursive, prune=self._prune, sink=self._sink
+            self.folder, watched, recursive=self.recursive, prune=self._prune, sink=self._sink
         )
         observer = _new_observer(self._overflowed)
         try:
             observer.schedule(
-                handler, str(self.root), recursive=self.recursive, event_filter=_EVENT_FILTER
+                handler, str(watched), recursive=self.recursive, event_filter=_EVENT_FILTER
             )
             observer.start()
         except BaseException:

@@ -15,7 +15,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -23,9 +23,11 @@ import pytest
 from mh_watchd.adapters.fs import (
     FileSystem,
     LocalFileSystem,
+    NotACandidateError,
     open_files_under,
     renameat2_noreplace,
 )
+from mh_watchd.core.errors import SourceChangedError
 
 IS_ROOT = os.geteuid() == 0
 
@@ -664,3 +666,189 @@ def test_open_files_under_finds_files_open_for_writing_only(tmp_path: Path) -> N
 
 def test_open_files_under_without_proc_finds_nothing(tmp_path: Path) -> None:
     assert open_files_under(tmp_path, proc_root=tmp_path / "no-proc") == set()
+
+
+# -- candidates: opened once, never through a link -------------------------------------------
+
+
+def test_stat_does_not_follow_a_link(tmp_path: Path) -> None:
+    target = write(tmp_path / "elsewhere" / "private.mp4", b"x" * 5000)
+    link = tmp_path / "inbox" / "x.mp4"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    st = LocalFileSystem().stat(link)
+    assert st is not None and stat.S_ISLNK(st.st_mode)
+    assert st.st_ino != target.stat().st_ino
+    (tmp_path / "elsewhere" / "private.mp4").unlink()
+    dangling = LocalFileSystem().stat(link)
+    assert dangling is not None and stat.S_ISLNK(dangling.st_mode)
+
+
+def test_open_candidate_reads_a_regular_file_and_checks_it_on_the_descriptor(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(3000)
+    path = write(tmp_path / "inbox" / "trip" / "a.mp4", data)
+    opened = LocalFileSystem().open_candidate(tmp_path / "inbox", "trip/a.mp4")
+    with opened.file as f:
+        assert f.read() == data
+        assert (opened.stat.st_ino, opened.stat.st_size) == (path.stat().st_ino, len(data))
+        assert stat.S_ISREG(opened.stat.st_mode)
+
+
+def test_open_candidate_refuses_a_link_without_reading_its_target(tmp_path: Path) -> None:
+    target = write(tmp_path / "elsewhere" / "private.mp4", b"private")
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "x.mp4").symlink_to(target)
+    with pytest.raises(NotACandidateError) as caught:
+        LocalFileSystem().open_candidate(tmp_path / "inbox", "x.mp4")
+    assert caught.value.link is True
+    assert isinstance(caught.value, SourceChangedError)  # the daemon: "it changed"
+    assert "x.mp4" in str(caught.value)
+
+
+def test_open_candidate_refuses_a_path_through_a_linked_directory(tmp_path: Path) -> None:
+    write(tmp_path / "elsewhere" / "private.mp4", b"private")
+    (tmp_path / "inbox" / "real").mkdir(parents=True)
+    (tmp_path / "inbox" / "real" / "sub").symlink_to(
+        tmp_path / "elsewhere", target_is_directory=True
+    )
+    with pytest.raises(NotACandidateError) as caught:
+        LocalFileSystem().open_candidate(tmp_path / "inbox", "real/sub/private.mp4")
+    assert caught.value.link is True
+
+
+def test_open_candidate_follows_a_linked_inbox_root(tmp_path: Path) -> None:
+    # The configured inbox itself may be a link (to a share's mount point): the operator's call.
+    write(tmp_path / "share" / "in" / "a.mp4", b"video")
+    (tmp_path / "inbox").symlink_to(tmp_path / "share" / "in", target_is_directory=True)
+    opened = LocalFileSystem().open_candidate(tmp_path / "inbox", "a.mp4")
+    with opened.file as f:
+        assert f.read() == b"video"
+
+
+def test_open_candidate_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    os.mkfifo(tmp_path / "inbox" / "pipe.mp4")
+    (tmp_path / "inbox" / "dir.mp4").mkdir()
+    for name in ("pipe.mp4", "dir.mp4"):
+        with pytest.raises(NotACandidateError) as caught:
+            LocalFileSystem().open_candidate(tmp_path / "inbox", name)
+        assert caught.value.link is False
+
+
+def test_open_candidate_refuses_another_inode_than_expected(tmp_path: Path) -> None:
+    path = write(tmp_path / "inbox" / "a.mp4", b"first")
+    settled = path.stat().st_ino
+    fs = LocalFileSystem()
+    fs.open_candidate(tmp_path / "inbox", "a.mp4", expect_inode=settled).file.close()
+    replacement = write(tmp_path / "inbox" / ".new.tmp", b"other")
+    os.replace(replacement, path)
+    with pytest.raises(SourceChangedError) as caught:
+        fs.open_candidate(tmp_path / "inbox", "a.mp4", expect_inode=settled)
+    assert not isinstance(caught.value, NotACandidateError) or not caught.value.link
+
+
+def test_open_candidate_of_a_missing_file_raises_file_not_found(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    fs = LocalFileSystem()
+    with pytest.raises(FileNotFoundError):
+        fs.open_candidate(tmp_path / "inbox", "gone.mp4")
+    with pytest.raises(FileNotFoundError):
+        fs.open_candidate(tmp_path / "inbox", "gone/a.mp4")
+    with pytest.raises(FileNotFoundError):
+        fs.open_candidate(tmp_path / "no-inbox", "a.mp4")
+
+
+def test_open_candidate_keeps_reading_the_opened_file_after_a_swap(tmp_path: Path) -> None:
+    path = write(tmp_path / "inbox" / "a.mp4", b"settled bytes")
+    target = write(tmp_path / "elsewhere" / "private.mp4", b"private")
+    opened = LocalFileSystem().open_candidate(tmp_path / "inbox", "a.mp4")
+    path.unlink()
+    path.symlink_to(target)
+    with opened.file as f:
+        assert f.read() == b"settled bytes"
+
+
+def test_sha256_file_hashes_an_open_file_from_its_start(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    path = write(tmp_path / "a.mp4", data)
+    with path.open("rb") as f:
+        f.read(100)
+        assert LocalFileSystem().sha256_file(f, chunk=4096) == (
+            len(data),
+            hashlib.sha256(data).hexdigest(),
+        )
+
+
+def test_move_noreplace_never_moves_a_link(tmp_path: Path) -> None:
+    target = write(tmp_path / "elsewhere" / "private.mp4", b"private")
+    (tmp_path / "inbox").mkdir()
+    link = tmp_path / "inbox" / "x.mp4"
+    link.symlink_to(target)
+    (tmp_path / "archive").mkdir()
+    with pytest.raises(OSError) as caught:
+        LocalFileSystem().move_noreplace(link, tmp_path / "archive" / "x.mp4")
+    assert caught.value.errno == errno.ELOOP
+    assert link.is_symlink() and list((tmp_path / "archive").iterdir()) == []
+
+
+def test_move_noreplace_across_filesystems_never_copies_through_a_link(
+    cross: CrossSetup, tmp_path: Path
+) -> None:
+    target = write(tmp_path / "elsewhere" / "private.mp4", b"private")
+    link = cross.src_dir / "x.mp4"
+    link.symlink_to(target)
+    with pytest.raises(OSError) as caught:
+        cross.fs.move_noreplace(link, cross.dest_dir / "x.mp4")
+    assert caught.value.errno == errno.ELOOP
+    assert link.is_symlink() and list(cross.dest_dir.iterdir()) == []
+
+
+# -- roots are never created -------------------------------------------------------------------
+
+
+def test_makedirs_below_a_missing_root_raises_enoent_naming_it_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    share = tmp_path / "mnt" / "share"
+    share.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as caught:
+        LocalFileSystem().makedirs_below(share / "out", PurePosixPath("trip/day1"))
+    assert caught.value.errno == errno.ENOENT
+    assert caught.value.filename == str(share / "out")
+    assert "out" in str(caught.value)
+    assert list(share.iterdir()) == []
+
+
+def test_makedirs_below_a_root_that_is_a_file_raises(tmp_path: Path) -> None:
+    blocker = write(tmp_path / "out", b"x")
+    with pytest.raises(NotADirectoryError):
+        LocalFileSystem().makedirs_below(blocker, PurePosixPath("trip"))
+
+
+def test_makedirs_below_a_dangling_root_link_raises_enoent(tmp_path: Path) -> None:
+    (tmp_path / "out").symlink_to(tmp_path / "mnt" / "share" / "out")
+    with pytest.raises(FileNotFoundError):
+        LocalFileSystem().makedirs_below(tmp_path / "out", PurePosixPath("trip"))
+    assert not (tmp_path / "mnt").exists()
+
+
+def test_makedirs_below_an_existing_root_creates_the_subfolders(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o2775)
+    fs = LocalFileSystem(umask=0o002)
+    made = fs.makedirs_below(out, PurePosixPath("trip/day1"))
+    assert made == out / "trip" / "day1" and made.is_dir()
+    assert stat.S_IMODE((out / "trip").stat().st_mode) == 0o2775
+    assert fs.makedirs_below(out, PurePosixPath("trip/day1")) == made  # existing: fine
+    assert fs.makedirs_below(out, PurePosixPath(".")) == out
+
+
+def test_makedirs_below_refuses_a_sub_that_leaves_the_root(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    for sub in ("../elsewhere", "/etc/x"):
+        with pytest.raises(ValueError):
+            LocalFileSystem().makedirs_below(tmp_path / "out", PurePosixPath(sub))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -705,6 +705,49 @@ def test_upload_answered_before_the_whole_body_is_transient(harness: Harness) ->
         client.upload(UPLOAD_URL, harness.source())
 
 
+def test_upload_streams_an_already_open_file_and_leaves_it_open(harness: Harness) -> None:
+    data = os.urandom(2 * CHUNK_BYTES + 3)
+    path = harness.source(data)
+    decoy = harness.source(b"private", name="private.mp4")
+    seen: dict[str, object] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        chunks = list(request.stream)
+        seen["chunks"] = [len(c) for c in chunks]
+        seen["body"] = b"".join(chunks)
+        seen["length"] = request.headers["Content-Length"]
+        return httpx.Response(200)
+
+    client = harness.client(handler, streaming=True)
+    with path.open("rb") as opened:
+        opened.read(10)  # wherever it stands, the upload starts at byte 0
+        # The name now points elsewhere: only the open file is read.
+        path.unlink()
+        path.symlink_to(decoy)
+        result = client.upload(UPLOAD_URL, opened, name="src.mp4")
+        assert not opened.closed
+    assert result == UploadResult(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    assert seen["body"] == data
+    assert seen["chunks"] == [CHUNK_BYTES, CHUNK_BYTES, 3]
+    assert seen["length"] == str(len(data))
+
+
+def test_upload_of_an_open_file_changing_mid_upload_names_it(harness: Harness) -> None:
+    data = os.urandom(2 * CHUNK_BYTES + 100)
+    path = harness.source(data)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        for _ in request.stream:
+            os.truncate(path, CHUNK_BYTES + 10)
+        return httpx.Response(200)
+
+    client = harness.client(handler, streaming=True)
+    with path.open("rb") as opened, pytest.raises(SourceChangedError, match=r"beach\.mp4"):
+        client.upload(UPLOAD_URL, opened, name="trip/beach.mp4")
+
+
 # -- download --------------------------------------------------------------------------------
 
 

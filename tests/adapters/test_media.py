@@ -562,3 +562,68 @@ def test_verify_rejects_a_faststart_file_cut_short_even_without_a_size(
 def test_verify_rejects_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match=r"gone\.mp4 cannot be verified"):
         verify_output(tmp_path / "gone.mp4", expected_size=None, expected_duration_seconds=None)
+
+
+# --- reading an inbox file only through its open descriptor ---------------------------------
+
+
+def _swap_for_link(path: Path, target: Path) -> None:
+    path.unlink()
+    path.symlink_to(target)
+
+
+def test_probe_fileobj_reads_the_opened_file_after_its_name_became_a_link(
+    tmp_path: Path, make_clip: ClipFactory
+) -> None:
+    clip = make_clip("beach.mp4", seconds=1.0)
+    decoy = tmp_path / "decoy.txt"
+    decoy.write_text("not a video")
+    with clip.open("rb") as opened:
+        _swap_for_link(clip, decoy)
+        info = probe_fileobj(opened, name="beach.mp4")
+        assert not opened.closed
+    assert info.duration_seconds == pytest.approx(1.0, abs=0.1)
+
+
+def test_probe_fileobj_says_an_empty_file_is_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with empty.open("rb") as opened, pytest.raises(MediaError, match="the file is empty"):
+        probe_fileobj(opened, name="empty.mp4")
+
+
+def test_probe_fileobj_reads_from_the_start_whatever_the_position(
+    make_clip: ClipFactory,
+) -> None:
+    clip = make_clip("beach.mp4", seconds=1.0)
+    with clip.open("rb") as opened:
+        opened.seek(0, io.SEEK_END)
+        assert probe_fileobj(opened, name="beach.mp4").duration_seconds == pytest.approx(
+            1.0, abs=0.1
+        )
+
+
+def test_convert_reads_an_open_file_even_after_its_name_became_a_link(
+    tmp_path: Path, make_clip: ClipFactory
+) -> None:
+    src = make_clip("holiday.mkv", seconds=1.0, with_audio=True)
+    payloads = _video_payloads(src)
+    decoy = tmp_path / "decoy.mkv"
+    decoy.write_text("not a video")
+    dest = tmp_path / "out" / "holiday.mp4"
+    dest.parent.mkdir()
+    with src.open("rb") as opened:
+        _swap_for_link(src, decoy)
+        assert convert_to_mp4(opened, dest, name="holiday.mkv") == dest
+        assert not opened.closed  # the caller's file: it closes it
+    assert _video_payloads(dest) == payloads
+    assert _siblings(dest) == ["holiday.mp4"]
+
+
+def test_convert_from_an_open_file_refuses_a_non_video_naming_it(tmp_path: Path) -> None:
+    src = tmp_path / "fake.mkv"
+    src.write_text("not a video")
+    dest = tmp_path / "fake.mp4"
+    with src.open("rb") as opened, pytest.raises(MediaError, match=r"fake\.mkv is not"):
+        convert_to_mp4(opened, dest, name="fake.mkv")
+    assert _siblings(dest) == ["fake.mkv"]

@@ -207,6 +207,104 @@ def test_native_skips_events_inside_pruned_directories(native: NativeFactory, in
     assert not [e for e in events.drain() if e.rel_path.parts[0] == ".mh-done"]
 
 
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Path:
+    """A folder outside the inbox holding a private video."""
+    path = tmp_path / "elsewhere"
+    write(path / "private.mp4", b"private" * 100)
+    return path
+
+
+def about(events: Events, *names: str) -> list[FsEvent]:
+    """Events whose path is one of `names` or lies below one of them."""
+    return [e for e in events.drain() if any(e.rel_path.as_posix().startswith(n) for n in names)]
+
+
+def test_native_drops_a_link_to_a_file_outside_the_inbox(
+    native: NativeFactory, inbox: Path, elsewhere: Path
+) -> None:
+    _, events = native()
+    (inbox / "x.mp4").symlink_to(elsewhere / "private.mp4")
+    append(elsewhere / "private.mp4")  # the target changing outside is no news either
+    os.utime(inbox / "x.mp4", follow_symlinks=False)
+    write(inbox / "sentinel.mp4")
+    # Events from one inotify queue arrive in order: by the sentinel, a link event would be here.
+    events.wait("sentinel.mp4", "changed")
+    assert about(events, "x.mp4") == []
+
+
+def test_native_drops_a_link_made_in_a_subfolder(
+    native: NativeFactory, inbox: Path, elsewhere: Path
+) -> None:
+    (inbox / "sub").mkdir()
+    _, events = native()
+    (inbox / "sub" / "x.mp4").symlink_to(elsewhere / "private.mp4")
+    write(inbox / "sub" / "sentinel.mp4")
+    events.wait("sub/sentinel.mp4", "changed")
+    assert about(events, "sub/x.mp4") == []
+
+
+def test_native_drops_a_link_moved_into_the_inbox(
+    native: NativeFactory, inbox: Path, elsewhere: Path, tmp_path: Path
+) -> None:
+    staged = tmp_path / "staging" / "x.mp4"
+    staged.parent.mkdir()
+    staged.symlink_to(elsewhere / "private.mp4")
+    _, events = native()
+    os.rename(staged, inbox / "x.mp4")
+    write(inbox / "sentinel.mp4")
+    events.wait("sentinel.mp4", "changed")
+    assert about(events, "x.mp4") == []
+
+
+def test_native_never_descends_a_symlinked_directory(
+    native: NativeFactory, inbox: Path, elsewhere: Path
+) -> None:
+    _, events = native()
+    (inbox / "d").symlink_to(elsewhere, target_is_directory=True)
+    write(elsewhere / "new.mp4")
+    write(elsewhere / "deeper" / "more.mp4")
+    write(inbox / "sentinel.mp4")
+    events.wait("sentinel.mp4", "changed")
+    assert about(events, "d") == []
+
+
+def test_native_moved_in_directory_reports_its_files_but_not_its_links(
+    native: NativeFactory, inbox: Path, elsewhere: Path, tmp_path: Path
+) -> None:
+    staged = tmp_path / "staging" / "trip"
+    write(staged / "a.mp4")
+    (staged / "l.mp4").symlink_to(elsewhere / "private.mp4")
+    (staged / "ld").symlink_to(elsewhere, target_is_directory=True)
+    _, events = native()
+    os.rename(staged, inbox / "trip")
+    events.wait("trip", "dir_changed")
+    events.wait("trip/a.mp4", "changed")
+    write(inbox / "sentinel.mp4")
+    events.wait("sentinel.mp4", "changed")
+    assert about(events, "trip/l.mp4", "trip/ld") == []
+
+
+def test_native_watches_an_inbox_root_that_is_itself_a_link(tmp_path: Path) -> None:
+    # The configured inbox may be a link to a share's folder (the operator's choice): only
+    # links below the root are refused.
+    real = tmp_path / "share" / "in"
+    real.mkdir(parents=True)
+    root = tmp_path / "inbox-link"
+    root.symlink_to(real, target_is_directory=True)
+    sink: queue.Queue[FsEvent] = queue.Queue()
+    w = NativeWatcher("f", root, recursive=True, sink=sink)
+    w.start()
+    try:
+        events = Events(sink)
+        write(root / "a.mp4")
+        events.wait("a.mp4", "changed")
+        (real / "sub").mkdir()
+        events.wait("sub", "dir_changed")
+    finally:
+        w.stop()
+
+
 def test_native_root_deleted_is_one_deleted_dot(native: NativeFactory, inbox: Path) -> None:
     _, events = native()
     shutil.rmtree(inbox)
@@ -338,6 +436,20 @@ def test_poller_ignores_pruned_dirs_links_and_subdirs_when_not_recursive(inbox: 
     flat.poll_once()
     assert events.pairs() == {("sub/a.mp4", "changed"), ("top.mp4", "changed")}
     assert flat_events.pairs() == {("top.mp4", "changed")}
+
+
+def test_poller_never_descends_a_symlinked_directory(inbox: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    write(outside / "a.mp4")
+    poller, events = make_poller(inbox)
+    poller.poll_once()
+    (inbox / "d").symlink_to(outside, target_is_directory=True)
+    (inbox / "x.mp4").symlink_to(outside / "a.mp4")
+    write(outside / "b.mp4")
+    write(inbox / "top.mp4")
+    poller.poll_once()
+    poller.full_walk()
+    assert events.pairs() == {("top.mp4", "changed")}
 
 
 def test_poller_relists_only_directories_whose_mtime_moved(inbox: Path) -> None:
