@@ -144,10 +144,10 @@ def _failure(job: Job, step: Step, error: Exception, interval: float) -> Move:
 
     if isinstance(error, SourceChangedError) and before_create:
         return Move(Kind.SUPERSEDE, _S.SUPERSEDED, "job.superseded", text)
-    if isinstance(error, InboxUnavailableError):
-        return _hold(HoldReason.OUTAGE, text, resume, before_create)
     if step is Step.CREATE:
         return _create_failure(error, text, attempts)
+    if isinstance(error, InboxUnavailableError):
+        return _hold(HoldReason.OUTAGE, text, resume, before_create)
     if isinstance(error, AccountApiError):
         reason = HoldReason.AUTH if isinstance(error, AuthError) else HoldReason.CREDITS
         return _hold(reason, text, resume, before_create)
