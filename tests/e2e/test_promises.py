@@ -50,6 +50,7 @@ def test_a_stop_waits_for_a_create_in_flight_so_it_is_not_left_ambiguous(
     workspace: Workspace, emu: EmulatorServer, run_daemon: Callable[..., DaemonProcess]
 ) -> None:
     ws = workspace
+    ws.api_extra = "request_timeout_seconds = 40"  # the slow create must not time out
     ws.folder("anime", style={"art_style": "Comic"})
     synthesize_clip(ws.inbox("anime") / "a.mp4", seconds=1.0)
     # A create that takes 10 s: longer than the old fixed 8 s stop, well within the default
@@ -65,7 +66,9 @@ def test_a_stop_waits_for_a_create_in_flight_so_it_is_not_left_ambiguous(
     proc.signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     jobs = read_jobs(ws.state_dir)
-    assert [j.state for j in jobs] == [JobState.RENDERING]
+    assert [j.state for j in jobs] == [JobState.RENDERING], [
+        (j.hold_reason, j.last_error) for j in jobs
+    ]
     assert jobs[0].project_id is not None
     proc = run_daemon()
     wait_jobs(ws.state_dir, all_done(1), proc=proc, what="delivery after the restart")
