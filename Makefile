@@ -38,13 +38,13 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
 # The long chaos pass: every tests/chaos scenario marked chaos_long, at MH_CHAOS_PASS=long (more
-# files, more kill points, several seeds). The scenarios add their totals to CHAOS_RESULTS; the
-# summary line fails the target when any file was paid for twice or lost.
-CHAOS_RESULTS ?= /tmp/mh-watchd-chaos-results.json
+# files, more kill points, several seeds). The scenarios add their totals to a results file (a new
+# one per run under /tmp, or $CHAOS_RESULTS); the summary line fails the target when any file was
+# paid for twice or lost.
 .PHONY: chaos
 chaos: $(STAMP)
-	@rm -f $(CHAOS_RESULTS)
-	@MH_CHAOS_PASS=long MH_CHAOS_RESULTS=$(CHAOS_RESULTS) $(BIN)/pytest -q -p no:cacheprovider \
+	@results=$${CHAOS_RESULTS:-$$(mktemp /tmp/mh-watchd-chaos.XXXXXX)}; rm -f "$$results"; \
+	MH_CHAOS_PASS=long MH_CHAOS_RESULTS="$$results" $(BIN)/pytest -q -p no:cacheprovider \
 		-m chaos_long --timeout 1800 tests/chaos; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no chaos tests: failing" >&2; rc=1; fi; \
 	$(BIN)/python -c 'import json, os, sys; \
@@ -52,5 +52,5 @@ chaos: $(STAMP)
 	d = json.load(open(sys.argv[1])) if os.path.exists(sys.argv[1]) else {"scenarios": []}; \
 	t = d.get("totals", dict.fromkeys(keys, 0)); \
 	print("chaos summary (%d scenarios, results in %s): files %d, kills %d, faults injected %d, create requests %d, duplicates %d (must be 0), lost %d (must be 0)" % (len(d["scenarios"]), sys.argv[1], t["files"], t["kills"], t["faults"], t["create_requests"], t["duplicates"], t["lost"])); \
-	sys.exit(1 if t["duplicates"] or t["lost"] else 0)' $(CHAOS_RESULTS) || rc=1; \
+	sys.exit(1 if t["duplicates"] or t["lost"] else 0)' "$$results" || rc=1; \
 	exit $$rc
