@@ -36,7 +36,7 @@ from mh_watchd.adapters.notifier import EventNotifier
 from mh_watchd.adapters.sdnotify import SystemdNotifier
 from mh_watchd.adapters.watcher import FsEvent, NativeWatcher, Poller, count_dirs, scan_tree
 from mh_watchd.core import backoff, naming
-from mh_watchd.core.api import estimate_credits
+from mh_watchd.core.api import Project, estimate_credits
 from mh_watchd.core.config import Config, FolderConfig
 from mh_watchd.core.errors import AuthError, CreditsError, StateDirError, TransientApiError
 from mh_watchd.core.intake import (
@@ -138,6 +138,14 @@ class InFlight:
     outcome: StepOutcome | None = None
 
 
+def _poll_facts(project: Project | None) -> PollFacts | None:
+    """What `next_move` needs to know of a polled project."""
+    if project is None:
+        return None
+    err = project.error
+    return PollFacts(project.status, err.code if err else None, err.message if err else None)
+
+
 def local_day(wall: float) -> str:
     """The host's local calendar date of `wall`, as YYYY-MM-DD (credits are booked to it)."""
     return time.strftime("%Y-%m-%d", time.localtime(wall))
@@ -181,9 +189,6 @@ class Daemon:
         self.due_mono: dict[int, float] = {}
         self.in_flight: dict[int, InFlight] = {}
         self.intake_futures: dict[tuple[str, str], Future[IntakeResult]] = {}
-        # Per settling file: its ready marker is there and nothing else holds it back, as of
-        # the last stat pass (the loop never checks a marker itself).
-        self.intake_ready: dict[tuple[str, str], bool] = {}
         self.request_futures: dict[
             int, tuple[Future[tuple[str, os.stat_result | None]], Callable[..., str]]
         ] = {}
@@ -829,8 +834,11 @@ class Daemon:
                     self.tracker.forget(key)
                     self.tracker.remember(key, (st.st_size, st.st_mtime_ns, st.st_ino))
                     continue
-                self.tracker.observe(key, (st.st_size, st.st_mtime_ns, st.st_ino), now)
-                self.intake_ready[key] = marker_ready and verdict == "take"
+                # Takeable once settled only with its marker there and no job on its path.
+                eligible = marker_ready and verdict == "take"
+                self.tracker.observe(
+                    key, (st.st_size, st.st_mtime_ns, st.st_ino), now, eligible=eligible
+                )
 
     def _schedule_intakes(self, now: float) -> None:
         for key in self.tracker.pending():
@@ -839,11 +847,8 @@ class Daemon:
             if rt is None or rt.outage or key in self.intake_futures:
                 continue
             if not self.tracker.ready(key, now, rt.config.settle_seconds):
-                continue
-            if not self.intake_ready.get(key, False):
-                continue  # its marker is missing, or a job still holds its path
+                continue  # still settling, its marker missing, or a job holds its path
             self.tracker.taken(key)
-            self.intake_ready.pop(key, None)
             folder = self._effective_folder(rt.config, rel)
             assert self.journal is not None
             latest = self.journal.latest_for_path(name, rel)
@@ -909,7 +914,7 @@ class Daemon:
         rt = self.folders.get(r.folder)
         if rt is None:
             return
-        if r.vanished or getattr(r, "link", False):
+        if r.vanished:  # gone, changed, or a link (never a candidate)
             self.tracker.forget(key)
             return
         now_mono = self.monotonic()
@@ -1320,7 +1325,7 @@ class Daemon:
             job,
             step,
             outcome.error,
-            poll=PollFacts(project.status) if project is not None else None,
+            poll=_poll_facts(project),
             poll_interval_seconds=self.config.api.poll_interval_seconds,
             render_overdue_give_up=bool(
                 job.render_started_at and self.clock() - job.render_started_at > overdue_limit
@@ -1422,16 +1427,9 @@ class Daemon:
     ) -> None:
         error = outcome.error
         service = getattr(error, "service_message", None) if error is not None else None
-        reason = move.reason
         project = outcome.project
         if project is not None and error is None:
-            err = project.error
-            reason = (
-                f"the render ended in {project.status}"
-                + (f": {err.code}: {err.message}" if err else "")
-                + (" (canceled in the web app)" if project.status == "canceled" else "")
-            )
-            service = err.message if err else project.status
+            service = project.error.message if project.error else project.status
             job = dataclasses.replace(job, **changes)
         request = {
             "upload": "PUT upload URL",
@@ -1440,7 +1438,7 @@ class Daemon:
             "download": "GET download URL",
             "deliver": "delivery to the outbox",
         }[step.value]
-        self._fail(job, reason, request=request, service=service)
+        self._fail(job, move.reason, request=request, service=service)
 
     def _book(self, job: Job, credits: int | None) -> None:
         """Book a project's charge to the day its create was sent (for daily_credit_limit)."""

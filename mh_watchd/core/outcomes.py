@@ -77,6 +77,8 @@ class PollFacts:
     """What a successful poll saw, for `next_move`."""
 
     status: str  # the service's project status
+    error_code: str | None = None  # the service's error, for a render that ended in error
+    error_message: str | None = None
 
 
 def next_move(
@@ -116,7 +118,13 @@ def _success(job: Job, step: Step, poll: PollFacts | None, interval: float, give
     if status == "complete":
         return Move(Kind.ADVANCE, _S.DOWNLOADING, "job.rendered")
     if status in ("error", "canceled"):
-        return Move(Kind.FAIL, _S.FAILED, "job.failed", f"the render ended in {status}")
+        assert poll is not None
+        why = f"the render ended in {status}"
+        if poll.error_code or poll.error_message:
+            why += f": {poll.error_code}: {poll.error_message}"
+        if status == "canceled":
+            why += " (canceled in the web app)"
+        return Move(Kind.FAIL, _S.FAILED, "job.failed", why)
     if job.state is _S.HELD:
         wait = backoff.OVERDUE_GIVE_UP_SECONDS if give_up else backoff.OVERDUE_POLL_SECONDS
         return Move(Kind.WAIT, _S.HELD, "job.render_progress", status, wait_seconds=wait)

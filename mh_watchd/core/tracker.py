@@ -23,11 +23,20 @@ class IntakeTracker:
         self._scanned: dict[Key, Stats] = {}
         self._skipped: dict[Key, Stats] = {}
         self._logged_not_video: set[Key] = set()
+        # Per settling file: whether the last stat pass found it takeable (its ready marker
+        # there, no job holding its path). A rescan's observation alone never makes it so.
+        self._eligible: dict[Key, bool] = {}
 
     # ------------------------------------------------------------------ settling
-    def observe(self, key: Key, stats: Stats, now: float) -> None:
-        """Record a stat of a candidate taken at `now`; pending until taken or forgotten."""
+    def observe(self, key: Key, stats: Stats, now: float, *, eligible: bool | None = None) -> None:
+        """Record a stat of a candidate taken at `now`; pending until taken or forgotten.
+
+        `eligible` (from a stat pass) says whether it may be taken once settled; None keeps
+        what the last stat pass said (nothing yet: not eligible).
+        """
         self._settle.observe(key, Observation(*stats), now)
+        if eligible is not None:
+            self._eligible[key] = eligible
 
     def touched(self, key: Key, now: float) -> None:
         """A filesystem event named `key`: (re)start its quiet period and look at it again."""
@@ -35,8 +44,9 @@ class IntakeTracker:
         self._settle.touched(key, now)
 
     def ready(self, key: Key, now: float, settle_seconds: float) -> bool:
-        """True once `key` has settled (see SettleTracker.ready)."""
-        return self._settle.ready(key, now, settle_seconds)
+        """True once `key` has settled (see SettleTracker.ready) and the last stat pass found
+        it eligible."""
+        return self._eligible.get(key, False) and self._settle.ready(key, now, settle_seconds)
 
     def pending(self, folder: str | None = None) -> list[Key]:
         """Keys still settling (all folders, or one), oldest first."""
@@ -50,6 +60,7 @@ class IntakeTracker:
         """`key` was handed to intake: it no longer settles. Its scan memory stays until the
         intake's result is known (`forget` on failure, `remember` on success)."""
         self._settle.forget(key)
+        self._eligible.pop(key, None)
 
     # ------------------------------------------------------------------ rescans
     def unchanged_since_scan(self, key: Key, stats: Stats) -> bool:
@@ -84,7 +95,7 @@ class IntakeTracker:
     # ------------------------------------------------------------------ forgetting
     def forget(self, key: Key) -> None:
         """Forget `key` everywhere: the next stat pass or rescan looks at it afresh."""
-        self._settle.forget(key)
+        self.taken(key)
         self._scanned.pop(key, None)
         self._skipped.pop(key, None)
 

@@ -159,3 +159,12 @@ def test_transient_upload_errors_give_up_after_the_attempt_limit() -> None:
         job_in(S.UPLOADING, attempts=backoff.JOB_MAX_ATTEMPTS - 1), Step.UPLOAD, ERRORS["transient"]
     )
     assert move.kind is Kind.FAIL and "gave up" in move.reason
+
+
+def test_a_render_that_ended_in_error_says_what_the_service_said() -> None:
+    facts = PollFacts("error", "invalid_video_file", "could not decode")
+    move = next_move(job_in(S.RENDERING), Step.POLL, None, poll=facts)
+    assert move.state is S.FAILED
+    assert move.reason == "the render ended in error: invalid_video_file: could not decode"
+    canceled = next_move(job_in(S.RENDERING), Step.POLL, None, poll=PollFacts("canceled"))
+    assert canceled.reason == "the render ended in canceled (canceled in the web app)"

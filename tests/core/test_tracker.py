@@ -13,7 +13,7 @@ def test_a_file_settles_after_two_identical_stats_and_the_quiet_period() -> None
     t = IntakeTracker(settle_seconds=1.0)
     t.observe(KEY, STATS, now=0.0)
     assert not t.ready(KEY, 5.0, 1.0)  # one observation is never enough
-    t.observe(KEY, STATS, now=0.5)
+    t.observe(KEY, STATS, now=0.5, eligible=True)
     assert not t.ready(KEY, 0.9, 1.0)
     assert t.ready(KEY, 1.0, 1.0)
 
@@ -57,7 +57,7 @@ def test_an_event_drops_scan_memory_and_restarts_the_quiet_period() -> None:
     t.remember(KEY, STATS)
     t.touched(KEY, now=0.9)
     assert not t.ready(KEY, 1.5, 1.0)
-    t.observe(KEY, STATS, now=1.0)
+    t.observe(KEY, STATS, now=1.0, eligible=True)
     assert t.ready(KEY, 2.0, 1.0)
     t.taken(KEY)
     assert not t.unchanged_since_scan(KEY, STATS)
@@ -69,3 +69,18 @@ def test_not_a_video_is_reported_once_until_the_folder_is_forgotten() -> None:
     assert not t.first_not_video(KEY)
     t.forget_folder("anime")
     assert t.first_not_video(KEY)
+
+
+def test_only_a_stat_pass_makes_a_file_takeable_and_forget_clears_it() -> None:
+    t = IntakeTracker(settle_seconds=0.0)
+    t.observe(KEY, STATS, now=0.0)
+    t.observe(KEY, STATS, now=0.1)  # a rescan's observations: settled, but not yet eligible
+    assert not t.ready(KEY, 1.0, 0.0)
+    t.observe(KEY, STATS, now=0.2, eligible=False)  # marker missing / a job holds the path
+    assert not t.ready(KEY, 1.0, 0.0)
+    t.observe(KEY, STATS, now=0.3, eligible=True)
+    assert t.ready(KEY, 1.0, 0.0)
+    t.forget(KEY)
+    t.observe(KEY, STATS, now=2.0)
+    t.observe(KEY, STATS, now=2.1)
+    assert not t.ready(KEY, 3.0, 0.0)  # a forgotten file's old eligibility is gone too
