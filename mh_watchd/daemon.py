@@ -85,6 +85,15 @@ class Aborted(Exception):
 FOLDER_IO_THREADS = 4
 
 
+@dataclass(frozen=True)
+class FolderCheck:
+    """What one folder check found; None everywhere when the folder is fine."""
+
+    outage: str | None = None  # the inbox is missing, unmounted or did not answer
+    output_problem: str | None = None  # the outbox or archive cannot take files
+    failed_problem: str | None = None  # the failed folder cannot take files
+
+
 @dataclass
 class FolderRuntime:
     """What the loop knows about one configured folder right now.
@@ -104,10 +113,11 @@ class FolderRuntime:
     last_scan_wall: float | None = None
     scan_future: Future[list[tuple[str, int, int, int]]] | None = None
     stat_future: Future[list[tuple[str, os.stat_result | None, bool]]] | None = None
-    check_future: Future[tuple[str | None, str | None]] | None = None
+    check_future: Future[FolderCheck] | None = None
     check_started: float = 0.0
     last_check: float = -1e9
-    output_problem: str | None = None
+    output_problem: str | None = None  # outbox or archive unusable: deliveries wait
+    failed_problem: str | None = None  # failed folder unusable: filing failures waits
     watcher: NativeWatcher | Poller | None = None
     watcher_future: Future[tuple[NativeWatcher | Poller | None, str, str]] | None = None
     watcher_wanted: bool = False  # a (re)start was asked for while one was under way
@@ -292,7 +302,7 @@ class Daemon:
         self._collect_watchers()
         for rt in self.folders.values():
             if rt.watcher_future is not None and rt.outage is None:
-                self._apply_folder_check(rt, _NO_ANSWER, None)
+                self._apply_folder_check(rt, FolderCheck(outage=_NO_ANSWER))
 
     def _client(self) -> MagicHourClient:
         assert self.http is not None
@@ -336,6 +346,15 @@ class Daemon:
                 self._alert("held", job, "ambiguous_create")
             self.jobs[job_id] = job
             self._set_due(job)
+        # Failed jobs whose original was never filed (the failed folder was away when the
+        # daemon stopped): filed once their folder's check passes.
+        for job in self.journal.jobs(states=[_S.FAILED]):
+            if job.failed_path is None and job.id is not None:
+                self.deferred_failures.setdefault(job.folder, {})[job.id] = (
+                    job.last_error or "failed",
+                    "(recorded before a restart)",
+                    None,
+                )
         log.info("journal.recovered", unfinished=len(self.jobs))
 
     def _start_status_server(self) -> None:
@@ -553,6 +572,10 @@ class Daemon:
         self.journal.set_meta("journal_probe", str(self.clock()))
         log.info("journal.writable_again", was=self.journal_error)
         self.journal_error = None
+        # Files whose intake could not be recorded meanwhile were forgotten: list every inbox
+        # now rather than at the next periodic rescan.
+        for rt in self.folders.values():
+            rt.last_scan_mono = None
 
     # ------------------------------------------------------------------ folders
     def _check_all_folders_now(self) -> None:
@@ -564,36 +587,44 @@ class Daemon:
         for name, fut in futures.items():
             rt = self.folders[name]
             try:
-                outage, output_problem = fut.result(timeout=max(0.0, deadline - self.monotonic()))
+                check = fut.result(timeout=max(0.0, deadline - self.monotonic()))
             except TimeoutError:
-                outage, output_problem = _NO_ANSWER, None
+                check = FolderCheck(outage=_NO_ANSWER)
                 rt.check_future, rt.check_started = fut, self.monotonic()
             except Exception as exc:
-                outage, output_problem = f"check failed: {exc}", None
-            self._apply_folder_check(rt, outage, output_problem)
+                check = FolderCheck(outage=f"check failed: {exc}")
+            self._apply_folder_check(rt, check)
             rt.last_check = self.monotonic()
 
-    def _check_folder(self, folder: FolderConfig) -> tuple[str | None, str | None]:
-        """Runs in the folder's checker: (inbox outage reason, output problem), None when fine.
+    def _check_folder(self, folder: FolderConfig) -> FolderCheck:
+        """Runs in the folder's checker: what is wrong with the folder's inbox and roots.
 
         Roots are never created: a missing outbox, archive or failed folder is a share that is
         not mounted. Only the default archive and failed folders inside the inbox are made.
         """
-        inbox = Path(str(folder.inbox))
         outage = self.fs.check_inbox(
-            inbox, require_mount=folder.require_mount, mount_marker=folder.mount_marker
+            Path(str(folder.inbox)),
+            require_mount=folder.require_mount,
+            mount_marker=folder.mount_marker,
         )
         if outage is not None:
-            return outage, None
-        roots = [("outbox", folder.outbox), ("failed", folder.failed)]
+            return FolderCheck(outage=outage)
+        roots = [("outbox", folder.outbox)]
         if folder.on_success == "archive":
-            roots.insert(1, ("archive", folder.archive))
+            roots.append(("archive", folder.archive))
+        output_problem = self._root_problem(folder, roots)
+        failed_problem = self._root_problem(folder, [("failed", folder.failed)])
+        return FolderCheck(output_problem=output_problem, failed_problem=failed_problem)
+
+    def _root_problem(
+        self, folder: FolderConfig, roots: list[tuple[str, PurePosixPath]]
+    ) -> str | None:
         for label, path in roots:
-            inside_inbox = PurePosixPath(path).is_relative_to(folder.inbox)
+            inside_inbox = path.is_relative_to(folder.inbox)
             problem = self.fs.check_writable_dir(Path(str(path)), create=inside_inbox)
             if problem:
-                return None, f"{label} {path}: {problem}"
-        return None, None
+                return f"{label} {path}: {problem}"
+        return None
 
     def _schedule_folder_checks(self, now: float) -> None:
         for rt in self.folders.values():
@@ -603,7 +634,7 @@ class Daemon:
                     and now - rt.check_started > FOLDER_CHECK_DEADLINE_SECONDS
                     and rt.outage is None
                 ):
-                    self._apply_folder_check(rt, _NO_ANSWER, None)
+                    self._apply_folder_check(rt, FolderCheck(outage=_NO_ANSWER))
                 continue
             if now - rt.last_check >= FOLDER_CHECK_SECONDS or self.force_recheck:
                 rt.check_started = now
@@ -617,15 +648,14 @@ class Daemon:
             rt.check_future = None
             rt.last_check = now
             try:
-                outage, output_problem = fut.result()
+                check = fut.result()
             except Exception as exc:
-                outage, output_problem = f"check failed: {exc}", None
-            self._apply_folder_check(rt, outage, output_problem)
+                check = FolderCheck(outage=f"check failed: {exc}")
+            self._apply_folder_check(rt, check)
 
-    def _apply_folder_check(
-        self, rt: FolderRuntime, outage: str | None, output_problem: str | None
-    ) -> None:
+    def _apply_folder_check(self, rt: FolderRuntime, check: FolderCheck) -> None:
         name = rt.config.name
+        outage = check.outage
         if outage != rt.outage:
             if outage:
                 log.warning("folder.outage_started", folder=name, reason=outage)
@@ -644,13 +674,21 @@ class Daemon:
             elif outage and (rt.watcher is not None or rt.watcher_future is not None):
                 self._start_watcher(rt)  # stops the watcher in the folder's worker
             self._write_folder_statuses()
-        if output_problem != rt.output_problem:
-            if output_problem:
-                log.warning("folder.output_unavailable", folder=name, reason=output_problem)
+        if outage:
+            return  # the roots were not looked at: what is known of them stays
+        if check.output_problem != rt.output_problem:
+            if check.output_problem:
+                log.warning("folder.output_unavailable", folder=name, reason=check.output_problem)
             else:
                 log.info("folder.output_available", folder=name)
-            rt.output_problem = output_problem
-        if not outage and not output_problem:
+            rt.output_problem = check.output_problem
+        if check.failed_problem != rt.failed_problem:
+            if check.failed_problem:
+                log.warning("folder.failed_unavailable", folder=name, reason=check.failed_problem)
+            else:
+                log.info("folder.failed_available", folder=name)
+            rt.failed_problem = check.failed_problem
+        if not rt.failed_problem:
             self._file_deferred_failures(rt)
 
     def _write_folder_statuses(self) -> None:
@@ -1062,7 +1100,7 @@ class Daemon:
 
     def _file_failure(self, failed: Job, reason: str, *, request: str, service: str | None) -> None:
         rt = self.folders.get(failed.folder)
-        if rt is None or rt.outage or rt.output_problem:
+        if rt is None or rt.outage or rt.failed_problem:
             # The failed folder's share is away: file it once the folder check passes.
             self.deferred_failures.setdefault(failed.folder, {})[failed.id or 0] = (
                 reason,

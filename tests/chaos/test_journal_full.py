@@ -48,13 +48,14 @@ class Step:
 
 
 STEPS = {
-    "upload": Step("upload", "uploads"),
+    "upload": Step("upload", "upload_requests"),  # the PUT arrived (stored ones: "uploads")
     "create": Step("create", "create_requests"),
     "rendering": Step("get", "gets"),
     "download": Step("download", "downloads"),
 }
 # Requests that are side effects (a poll is a read): none may start while the journal is full.
-SIDE_EFFECTS = ("upload_urls", "uploads", "create_requests", "downloads")
+# A request counts as it arrives (the one held on the wire may still finish meanwhile).
+SIDE_EFFECTS = ("upload_urls", "upload_requests", "create_requests", "downloads")
 
 
 def side_effects(emu: EmulatorServer) -> dict[str, int]:
@@ -238,3 +239,56 @@ def test_kill_9_while_the_journal_is_full_after_the_create_answered_never_create
         assert job.state is JobState.HELD and job.hold_reason is HoldReason.AMBIGUOUS_CREATE
         assert outputs == []
         assert source.read_bytes() == original
+
+
+def test_a_file_dropped_while_the_journal_is_full_is_taken_once_it_takes_writes_again(
+    workspace: ChaosWorkspace,
+    mounts: Mounts,
+    daemon: Callable[..., DaemonProcess],
+    emu: EmulatorServer,
+    tmp_path: Path,
+) -> None:
+    """Its intake cannot be recorded, so it is forgotten; the daemon lists every inbox again
+    as soon as the journal takes writes, not at the next periodic rescan (5 min here)."""
+    ws = workspace
+    ws.extra_daemon = "rescan_seconds = 300"
+    source, original = _setup(ws, mounts, tmp_path)
+    proc = daemon()
+    wait_for(lambda: healthz(ws) is not None, timeout_seconds=30, what="the daemon up")
+    filler = fill(ws.state_dir)
+    assert is_full(ws.state_dir)
+    try:
+        source.write_bytes(original)
+        wait_for(
+            lambda: (healthz(ws) or (0, ""))[0] == 503,
+            timeout_seconds=20,
+            what="/healthz 503 once the intake could not be journaled",
+        )
+        hold_for(
+            lambda: counts(emu)["upload_urls"] == 0 and source.exists(),
+            1.0,
+            what="nothing sent while the journal is full",
+            proc=proc,
+        )
+    finally:
+        filler.unlink()
+    wait_jobs(
+        ws.state_dir,
+        all_done(1),
+        proc=proc,
+        timeout_seconds=40,
+        what="the file taken and delivered once the journal took writes again",
+    )
+    assert proc.stop() == 0
+    c = counts(emu)
+    outputs = outputs_in(ws.outbox("anime"))
+    record(
+        "journal_full[intake]",
+        files=1,
+        create_requests=c["create_requests"],
+        duplicates=max(0, c["creates"] - 1) + max(0, len(outputs) - 1),
+        lost=0 if outputs else 1,
+    )
+    assert c["create_requests"] == 1, c
+    assert [p.name for p in outputs] == ["clip.pixar.mp4"]
+    assert (ws.inbox("anime") / ".mh-done" / "clip.mp4").read_bytes() == original

@@ -27,6 +27,7 @@ from tests.chaos.conftest import (
     decoded_duration,
     eventually,
     fill,
+    hold_for,
     outputs_in,
     record,
 )
@@ -236,3 +237,57 @@ def test_bad_output_roots_wait_then_deliver_once(
     if by["failed"][0].state is not JobState.FAILED:
         problems.append(f"the bad file's job is {by['failed'][0].state.value}, not failed")
     assert not problems, "\n".join(problems)
+
+
+def test_a_failure_filed_while_the_failed_root_is_missing_is_filed_after_a_restart(
+    workspace: ChaosWorkspace,
+    daemon: Callable[..., DaemonProcess],
+    emu: EmulatorServer,
+) -> None:
+    """The failed folder is an unmounted share when a file fails; the daemon stops before it
+    is back. The next daemon files the original (and its .error.json) once the root is back,
+    and never creates the root itself."""
+    ws = workspace
+    failed_root = ws.root / "share" / "failed-root"
+    failed_root.parent.mkdir(parents=True)
+    ws.add("anime", failed=str(failed_root), style={"art_style": "Pixar"})
+    bad = ws.inbox("anime") / "notes.mp4"
+    proc = daemon()
+    bad.write_bytes(b"this is not a video\n" * 40)
+    wait_jobs(
+        ws.state_dir,
+        lambda js: bool(js) and js[0].state is JobState.FAILED,
+        proc=proc,
+        what="the bad file failed",
+    )
+    # A missing failed folder holds back only filing failures, never deliveries.
+    synthesize_clip(ws.inbox("anime") / "good.mp4", seconds=1.0)
+    wait_jobs(
+        ws.state_dir,
+        lambda js: any(j.rel_path == "good.mp4" and j.state is JobState.DONE for j in js),
+        proc=proc,
+        what="a good file delivered while the failed root is missing",
+    )
+    hold_for(
+        lambda: bad.exists() and not failed_root.exists(),
+        1.0,
+        what="the original waits in the inbox; the failed root is not created",
+        proc=proc,
+    )
+    assert proc.stop() == 0
+    failed_root.mkdir()  # the share is mounted again, with the daemon down
+    proc = daemon()
+    jobs = wait_jobs(
+        ws.state_dir,
+        lambda js: js[0].failed_path is not None,
+        proc=proc,
+        timeout_seconds=30,
+        what="the original filed by the restarted daemon",
+    )
+    assert proc.stop() == 0
+    assert not bad.exists()
+    filed = failed_root / "notes.mp4"
+    assert jobs[0].failed_path == str(filed)
+    assert filed.read_bytes() == b"this is not a video\n" * 40
+    assert (failed_root / "notes.mp4.error.json").exists()
+    assert counts(emu)["create_requests"] == 1  # the good file only
