@@ -22,7 +22,6 @@ import pytest
 
 from mh_watchd.core import errors as errors_module
 from mh_watchd.core import outcomes
-from mh_watchd.core.api import Style
 from mh_watchd.core.errors import (
     AccountApiError,
     ApiError,
@@ -37,25 +36,13 @@ from mh_watchd.core.jobs import (
     HoldReason,
     IllegalTransition,
     Job,
-    JobSettings,
     JobState,
     transition,
 )
+from tests.factories import SETTINGS
 
 S = JobState
 STEPS = ("upload", "create", "poll", "download", "deliver")
-SETTINGS = JobSettings(
-    style=Style(art_style="Pixar"),
-    style_slug="pixar",
-    fps_resolution="HALF",
-    start_seconds=0.0,
-    max_seconds=60.0,
-    inbox="/in",
-    outbox="/out",
-    archive="/in/.mh-done",
-    failed="/in/.mh-failed",
-    on_success="archive",
-)
 # A held job, per reason, with the state it plausibly resumes to.
 HELD_RESUME = {
     HoldReason.AUTH: S.QUEUED,

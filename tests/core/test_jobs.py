@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import pytest
 
-from mh_watchd.core.api import Style
 from mh_watchd.core.jobs import (
     LEGAL_MOVES,
     TERMINAL_STATES,
     HoldReason,
     IllegalTransition,
-    Job,
-    JobSettings,
     JobState,
     check_move,
     hold,
     release,
     transition,
 )
+from tests.factories import job_in
 
 S = JobState
 
@@ -61,27 +58,6 @@ EXPECTED_LEGAL: frozenset[tuple[JobState, JobState]] = frozenset(
 )
 ALL_PAIRS = list(itertools.product(JobState, JobState))
 HOLDABLE_SOURCES = [S.QUEUED, S.UPLOADING, S.SUBMITTING, S.DOWNLOADING, S.DELIVERING]
-
-SETTINGS = JobSettings(
-    style=Style(art_style="Studio Ghibli", version="v2"),
-    style_slug="studio-ghibli",
-    fps_resolution="HALF",
-    start_seconds=0.0,
-    max_seconds=60.0,
-    inbox="/in",
-    outbox="/out",
-    archive="/in/.mh-done",
-    failed="/in/.mh-failed",
-    on_success="archive",
-)
-
-
-def job_in(state: JobState, **changes: object) -> Job:
-    """A consistent job record in `state` (a held one is held for an outage from queued)."""
-    job = Job(folder="anime", rel_path="a.mp4", size=10, mtime_ns=1, inode=2, settings=SETTINGS)
-    if state is S.HELD:
-        changes = {"hold_reason": HoldReason.OUTAGE, "resume_state": S.QUEUED, **changes}
-    return dataclasses.replace(job, state=state, **changes)  # type: ignore[arg-type]
 
 
 def test_legal_moves_table_is_exactly_the_contract() -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import itertools
 
 import pytest
 
 from mh_watchd.core import backoff
-from mh_watchd.core.api import Style
 from mh_watchd.core.errors import (
     AmbiguousCreateError,
     AuthError,
@@ -25,29 +23,22 @@ from mh_watchd.core.errors import (
     TransientApiError,
     UrlExpiredError,
 )
-from mh_watchd.core.jobs import LEGAL_MOVES, HoldReason, Job, JobSettings, JobState
+from mh_watchd.core.jobs import LEGAL_MOVES, HoldReason, Job, JobState
 from mh_watchd.core.outcomes import Kind, PollFacts, Step, next_move
+from tests.factories import job_in as make_job
 
 S = JobState
-SETTINGS = JobSettings(
-    style=Style(art_style="Studio Ghibli", version="v2"),
-    style_slug="studio-ghibli",
-    fps_resolution="HALF",
-    start_seconds=0.0,
-    max_seconds=60.0,
-    inbox="/in",
-    outbox="/out",
-    archive="/in/.mh-done",
-    failed="/in/.mh-failed",
-    on_success="archive",
-)
 
 
-def job_in(state: JobState, **changes: object) -> Job:
-    job = Job(folder="f", rel_path="a.mp4", size=1, mtime_ns=1, inode=1, settings=SETTINGS)
-    if state is S.HELD:
-        changes = {"hold_reason": HoldReason.RENDER_OVERDUE, "resume_state": S.RENDERING, **changes}
-    return dataclasses.replace(job, state=state, **changes)  # type: ignore[arg-type]
+def job_in(
+    state: JobState,
+    *,
+    hold_reason: HoldReason = HoldReason.RENDER_OVERDUE,
+    resume_state: JobState = S.RENDERING,
+    **changes: object,
+) -> Job:
+    """A job in `state`; held, by default an overdue render (the one hold a poll may end)."""
+    return make_job(state, hold_reason=hold_reason, resume_state=resume_state, **changes)
 
 
 def api(cls: type[Exception], status: int | None = None) -> Exception:
