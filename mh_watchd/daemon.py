@@ -692,18 +692,23 @@ class Daemon:
             self._file_deferred_failures(rt)
 
     def _write_folder_statuses(self) -> None:
+        """Record each folder's watch mode and outage for `status`. A journal that refuses the
+        write is noted (invariant 9) without cutting short the folder work that asked for it."""
         if self.journal is None:
             return
         now = self.clock()
-        for rt in self.folders.values():
-            self.journal.set_folder_status(
-                rt.config.name,
-                watch_mode=rt.watch_mode,
-                watch_reason=rt.watch_reason,
-                outage=rt.outage,
-                last_scan_at=rt.last_scan_wall,
-                at=now,
-            )
+        try:
+            for rt in self.folders.values():
+                self.journal.set_folder_status(
+                    rt.config.name,
+                    watch_mode=rt.watch_mode,
+                    watch_reason=rt.watch_reason,
+                    outage=rt.outage,
+                    last_scan_at=rt.last_scan_wall,
+                    at=now,
+                )
+        except StateDirError as exc:
+            self._journal_failed(exc)
 
     # ------------------------------------------------------------------ intake
     def _drain_events(self, now: float) -> None:
@@ -1890,8 +1895,7 @@ class Daemon:
         if self.http is not None:
             self.http.close()
         if self.journal is not None:
-            with contextlib.suppress(StateDirError):
-                self._write_folder_statuses()
+            self._write_folder_statuses()
             self.journal.close()
             self.journal = None
         log.info("daemon.stopped", unfinished_steps=len(self.in_flight))
