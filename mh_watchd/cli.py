@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command line, one subparser per command."""
-    from mh_watchd.adapters import emulator
+    from mh_watchd import emulator
 
     parser = _Parser(
         prog="mh-watchd",
@@ -138,7 +138,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "retry":
             return cmd_retry(args, parser)
         if args.command == "emulator":
-            from mh_watchd.adapters import emulator
+            from mh_watchd import emulator
 
             return emulator.run(args)
         if args.command == "demo":

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from mh_watchd.adapters import config_file, logs
-from mh_watchd.adapters.emulator import EmulatorOptions, EmulatorServer
 from mh_watchd.adapters.samples import synthesize_clip
 from mh_watchd.core.jobs import JobState
+from mh_watchd.emulator import EmulatorOptions, EmulatorServer
 
 DEMO_TOKEN = "mhk_live_demo_not_a_real_key"
 # Written into every workspace the demo creates: only a folder carrying it is ever emptied.

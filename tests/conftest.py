@@ -29,7 +29,7 @@ def make_clip(tmp_path: Path) -> ClipFactory:
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[object]:
     """A running emulator (fast timings) on 127.0.0.1; yields the EmulatorServer."""
-    from mh_watchd.adapters.emulator import EmulatorOptions, EmulatorServer
+    from mh_watchd.emulator import EmulatorOptions, EmulatorServer
 
     server = EmulatorServer(
         EmulatorOptions(

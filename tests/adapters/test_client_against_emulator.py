@@ -17,7 +17,6 @@ from typing import Any
 import av
 import pytest
 
-from mh_watchd.adapters.emulator import EmulatorOptions, EmulatorServer
 from mh_watchd.adapters.magic_hour import MagicHourClient, build_http_client
 from mh_watchd.core import backoff
 from mh_watchd.core.api import CreateRequest, Project, Style, estimate_credits
@@ -30,6 +29,7 @@ from mh_watchd.core.errors import (
     TransientApiError,
     UrlExpiredError,
 )
+from mh_watchd.emulator import EmulatorOptions, EmulatorServer
 from tests.conftest import ClipFactory, wait_for
 
 TOKEN = "mhk_test_0123456789abcdef"

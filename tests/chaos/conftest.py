@@ -29,9 +29,9 @@ from typing import Any
 import av
 import pytest
 
-from mh_watchd.adapters.emulator import EmulatorServer
 from mh_watchd.adapters.journal import Journal
 from mh_watchd.core.errors import StateDirError
+from mh_watchd.emulator import EmulatorServer
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import SCRIPT, DaemonProcess, Workspace
 

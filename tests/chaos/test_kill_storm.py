@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from mh_watchd.adapters.emulator import EmulatorServer
 from mh_watchd.adapters.samples import synthesize_clip
 from mh_watchd.core.jobs import HoldReason, Job, JobState
+from mh_watchd.emulator import EmulatorServer
 from tests.chaos.conftest import (
     LONG,
     ChaosWorkspace,

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from mh_watchd.adapters.emulator import EmulatorOptions, EmulatorServer
 from mh_watchd.adapters.journal import Journal
 from mh_watchd.core.errors import StateDirError
 from mh_watchd.core.jobs import Job, JobState
+from mh_watchd.emulator import EmulatorOptions, EmulatorServer
 from tests.conftest import wait_for
 
 TOKEN = "mhk_live_e2e_test_key"

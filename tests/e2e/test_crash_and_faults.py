@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from mh_watchd.adapters.emulator import EmulatorOptions, EmulatorServer
 from mh_watchd.adapters.samples import synthesize_clip
 from mh_watchd.core.jobs import HoldReason, JobState
+from mh_watchd.emulator import EmulatorOptions, EmulatorServer
 from tests.e2e.conftest import (
     SCRIPT,
     DaemonProcess,

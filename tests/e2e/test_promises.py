@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from mh_watchd.adapters import config_file
-from mh_watchd.adapters.emulator import EmulatorServer
 from mh_watchd.adapters.journal import Journal
 from mh_watchd.adapters.samples import synthesize_clip
 from mh_watchd.core.jobs import JobState
 from mh_watchd.daemon import Daemon
+from mh_watchd.emulator import EmulatorServer
 from tests.conftest import wait_for
 from tests.e2e.conftest import TOKEN, DaemonProcess, Workspace, all_done, read_jobs, wait_jobs
 

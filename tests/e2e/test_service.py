@@ -14,9 +14,9 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from mh_watchd.adapters.emulator import EmulatorServer
 from mh_watchd.adapters.samples import synthesize_clip
 from mh_watchd.core.jobs import JobState
+from mh_watchd.emulator import EmulatorServer
 from tests.conftest import wait_for
 from tests.e2e.conftest import TOKEN, DaemonProcess, Workspace, all_done, read_jobs, wait_jobs
 

@@ -14,11 +14,11 @@ import av
 import pytest
 
 from mh_watchd.adapters import config_file
-from mh_watchd.adapters.emulator import EmulatorServer
 from mh_watchd.adapters.fs import LocalFileSystem
 from mh_watchd.adapters.samples import synthesize_clip
 from mh_watchd.core.jobs import JobState
 from mh_watchd.daemon import Daemon
+from mh_watchd.emulator import EmulatorServer
 from tests.e2e.conftest import (
     SCRIPT,
     TOKEN,

@@ -11,7 +11,7 @@ import httpx
 import magic_hour
 import pytest
 
-from mh_watchd.adapters.emulator import EmulatorOptions, EmulatorServer
+from mh_watchd.emulator import EmulatorOptions, EmulatorServer
 from tests.conftest import ClipFactory
 
 

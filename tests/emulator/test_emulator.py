@@ -25,10 +25,10 @@ import av
 import httpx
 import pytest
 
-from mh_watchd.adapters.emulator import EmulatorOptions, EmulatorServer, add_arguments, run
-from mh_watchd.adapters.emulator.render import output_size, render_video, style_filters
 from mh_watchd.adapters.samples import synthesize_clip
 from mh_watchd.core.api import ART_STYLES, estimate_credits
+from mh_watchd.emulator import EmulatorOptions, EmulatorServer, add_arguments, run
+from mh_watchd.emulator.render import output_size, render_video, style_filters
 from tests.conftest import ClipFactory, wait_for
 
 AUTH = {"Authorization": "Bearer mhk_live_test"}
@@ -926,7 +926,7 @@ def test_run_as_a_process_prints_the_url_first_and_exits_0_on_sigterm(tmp_path: 
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps({"rules": [{"route": "get", "fault": "status", "status": 500}]}))
     process = subprocess.Popen(
-        [sys.executable, "-m", "mh_watchd.adapters.emulator", "--port", "0",
+        [sys.executable, "-m", "mh_watchd.emulator", "--port", "0",
          "--token", "mhk_live_x", "--credits", "77", "--faults", f"@{faults}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

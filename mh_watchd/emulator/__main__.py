@@ -1,4 +1,4 @@
-"""`python -m mh_watchd.adapters.emulator [options]`: the emulator without the console script."""
+"""`python -m mh_watchd.emulator [options]`: the emulator without the console script."""
 
 from __future__ import annotations
 

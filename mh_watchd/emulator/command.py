@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mh_watchd.adapters.emulator [options]`; returns the exit code."""
+    """`python -m mh_watchd.emulator [options]`; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="mh-watchd emulator", description="Magic Hour API emulator"
     )
