@@ -27,7 +27,7 @@ import structlog
 
 from mh_watchd import __version__
 from mh_watchd.adapters import config_file, logs
-from mh_watchd.adapters.fs import LocalFileSystem
+from mh_watchd.adapters.fs import FileSystem, LocalFileSystem
 from mh_watchd.adapters.http_status import HealthReport, StatusServer
 from mh_watchd.adapters.journal import Journal, JournalConflict
 from mh_watchd.adapters.magic_hour import MagicHourClient, RequestRecord, build_http_client
@@ -172,7 +172,8 @@ class Daemon:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        fs: LocalFileSystem | None = None,
+        fs: FileSystem | None = None,
+        events: queue.Queue[FsEvent] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -190,7 +191,8 @@ class Daemon:
         self.status_server: StatusServer | None = None
         self.notifier: EventNotifier | None = None
         self.notify_http: httpx.Client | None = None
-        self.events: queue.Queue[FsEvent] = queue.Queue()
+        # Where watchers put what they see (a test hands in its own queue).
+        self.events: queue.Queue[FsEvent] = events if events is not None else queue.Queue()
         self.tracker = IntakeTracker(config.daemon.settle_seconds)
         self.folders: dict[str, FolderRuntime] = {}
         self.jobs: dict[int, Job] = {}

@@ -28,7 +28,7 @@ import structlog
 
 from mh_watchd.adapters import media
 from mh_watchd.adapters.fs import (
-    LocalFileSystem,
+    FileSystem,
     NotACandidateError,
     OpenCandidate,
     open_files_under,
@@ -97,7 +97,7 @@ class Runner:
         self,
         *,
         client_factory: Callable[[], MagicHourClient],
-        fs: LocalFileSystem,
+        fs: FileSystem,
         journal: Journal,
         temp_dir: Path,
         clock: Callable[[], float],

@@ -180,13 +180,14 @@ def test_a_missed_event_is_caught_by_the_rescan(tmp_path: Path, emu: EmulatorSer
     cfg = ws.write_config().read_text().replace("rescan_seconds = 2", "rescan_seconds = 1.5")
     ws.config_path.write_text(cfg)
     config = config_file.load(ws.config_path)
-    daemon = Daemon(config, config_path=ws.config_path, environ={"MH_TEST_TOKEN": TOKEN})
 
     class Deaf(queue.Queue):  # type: ignore[type-arg]
         def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
             return None  # the handler is "disabled": nothing reaches the loop
 
-    daemon.events = Deaf()
+    daemon = Daemon(
+        config, config_path=ws.config_path, environ={"MH_TEST_TOKEN": TOKEN}, events=Deaf()
+    )
     daemon.open()
     daemon.start(TOKEN)
     try:
