@@ -212,7 +212,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StateDirError as exc:
         daemon.close_pools()
         return _fail(str(exc), EX_UNAVAILABLE)
-    daemon.start(token)
+    try:
+        daemon.start(token)
+    except StateDirError as exc:
+        # The journal refused a write before anything was started (a full disk, I/O errors).
+        daemon.shutdown()
+        return _fail(
+            f"{exc}; free space or fix the disk under daemon.state_dir, then start again",
+            EX_UNAVAILABLE,
+        )
     return daemon.run()
 
 

@@ -245,10 +245,16 @@ class Daemon:
                 f"state_dir {self.state_dir} is {problem}; "
                 "set daemon.state_dir to a local disk (for example /var/lib/mh-watchd)"
             )
-        if self.fs.check_writable_dir(self.state_dir, create=True):
+        unwritable = self.fs.check_writable_dir(self.state_dir, create=True)
+        if unwritable in ("full", "over quota"):
             raise StateDirError(
-                f"state_dir {self.state_dir} is not writable by uid {os.getuid()}; fix its owner "
-                "or set daemon.state_dir elsewhere"
+                f"state_dir {self.state_dir} is {unwritable}; free space or fix the disk under "
+                "daemon.state_dir, then start again"
+            )
+        if unwritable:
+            raise StateDirError(
+                f"state_dir {self.state_dir} is not writable by uid {os.getuid()} "
+                f"({unwritable}); fix its owner or set daemon.state_dir elsewhere"
             )
         journal = Journal.open(self.state_dir)
         try:

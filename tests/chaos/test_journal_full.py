@@ -254,7 +254,11 @@ def test_a_file_dropped_while_the_journal_is_full_is_taken_once_it_takes_writes_
     ws.extra_daemon = "rescan_seconds = 300"
     source, original = _setup(ws, mounts, tmp_path)
     proc = daemon()
-    wait_for(lambda: healthz(ws) is not None, timeout_seconds=30, what="the daemon up")
+    wait_for(
+        lambda: '"event": "daemon.started"' in proc.log_text() or not proc.alive(),
+        timeout_seconds=30,
+        what="the daemon started",
+    )
     filler = fill(ws.state_dir)
     assert is_full(ws.state_dir)
     try:
@@ -292,3 +296,34 @@ def test_a_file_dropped_while_the_journal_is_full_is_taken_once_it_takes_writes_
     assert c["create_requests"] == 1, c
     assert [p.name for p in outputs] == ["clip.pixar.mp4"]
     assert (ws.inbox("anime") / ".mh-done" / "clip.mp4").read_bytes() == original
+
+
+def test_a_daemon_started_on_a_full_journal_disk_exits_69_and_says_why(
+    workspace: ChaosWorkspace,
+    mounts: Mounts,
+    daemon: Callable[..., DaemonProcess],
+    emu: EmulatorServer,
+    tmp_path: Path,
+) -> None:
+    ws = workspace
+    source, original = _setup(ws, mounts, tmp_path)
+    first = daemon()
+    wait_for(
+        lambda: '"event": "daemon.started"' in first.log_text() or not first.alive(),
+        timeout_seconds=30,
+        what="the journal created",
+    )
+    assert first.stop() == 0
+    filler = fill(ws.state_dir)
+    try:
+        source.write_bytes(original)
+        second = daemon()
+        rc = second.wait(timeout=60)
+        text = second.log_text()
+    finally:
+        filler.unlink()
+    assert rc == 69, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert "free space" in text
+    assert counts(emu)["upload_urls"] == 0
+    assert source.read_bytes() == original
