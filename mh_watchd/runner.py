@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from mh_watchd.adapters import media
+from mh_watchd.adapters import media, retrying
 from mh_watchd.adapters.fs import (
     FileSystem,
     NotACandidateError,
@@ -34,14 +34,13 @@ from mh_watchd.adapters.fs import (
     open_files_under,
 )
 from mh_watchd.adapters.journal import Journal
-from mh_watchd.adapters.magic_hour import MagicHourClient
-from mh_watchd.core import backoff, naming
+from mh_watchd.adapters.magic_hour import DownloadResult, MagicHourClient, UploadResult
+from mh_watchd.core import naming
 from mh_watchd.core.api import CreateRequest, Project, estimate_credits
 from mh_watchd.core.errors import (
     InboxUnavailableError,
     MediaError,
     SourceChangedError,
-    UrlExpiredError,
 )
 from mh_watchd.core.intake import trim, upload_extension
 from mh_watchd.core.jobs import Job, Output
@@ -235,22 +234,21 @@ class Runner:
             if not converted.exists():
                 media.convert_to_mp4(opened.file, converted, name=source.name)
         client = self._client_factory()
-        result = None
-        for attempt in range(backoff.URL_REFRESH_ATTEMPTS + 1):
+        target = client.request_upload_url(extension)
+
+        def send() -> UploadResult:
+            if converted is not None:
+                return client.upload(target.upload_url, converted, progress=progress)
+            return client.upload(
+                target.upload_url, opened.file, progress=progress, name=job.rel_path
+            )
+
+        def fresh_url() -> None:
+            nonlocal target
             target = client.request_upload_url(extension)
-            try:
-                if converted is not None:
-                    result = client.upload(target.upload_url, converted, progress=progress)
-                else:
-                    result = client.upload(
-                        target.upload_url, opened.file, progress=progress, name=job.rel_path
-                    )
-            except UrlExpiredError:
-                if attempt >= backoff.URL_REFRESH_ATTEMPTS:
-                    raise
-                continue
-            break
-        assert result is not None
+
+        # An expired upload URL: ask for a new one, URL_REFRESH_ATTEMPTS times at most.
+        result = retrying.with_fresh_urls(send, refresh=fresh_url)
         after = self._fs.stat(source)
         if after is None:
             self._check_inbox(job)
@@ -349,16 +347,9 @@ class Runner:
             for index in range(len(project.downloads)):
                 final_name = self._output_name(job, index)
                 temp = outbox_dir / naming.temp_name(final_name, f"{job.id}-{index}")
-                for attempt in range(backoff.URL_REFRESH_ATTEMPTS + 1):
-                    url = project.downloads[index].url
-                    try:
-                        result = client.download(url, temp, progress=progress)
-                    except UrlExpiredError:
-                        if attempt >= backoff.URL_REFRESH_ATTEMPTS:
-                            raise
-                        project = client.get_project(job.project_id)
-                        continue
-                    break
+                result, project = self._download_output(
+                    client, job.project_id, project, index, temp, progress
+                )
                 try:
                     media.verify_output(
                         temp, expected_size=result.size, expected_duration_seconds=expected
@@ -377,6 +368,30 @@ class Runner:
             )
         except Exception as exc:
             return StepOutcome(job.id, "download", {}, error=exc)
+
+    @staticmethod
+    def _download_output(
+        client: MagicHourClient,
+        project_id: str,
+        project: Project,
+        index: int,
+        temp: Path,
+        progress: Callable[[int, int], None],
+    ) -> tuple[DownloadResult, Project]:
+        """Download output `index` of `project` to `temp`. An expired URL is refreshed by
+        fetching the project again, URL_REFRESH_ATTEMPTS times at most (then UrlExpiredError).
+        Returns the result and the project as last fetched."""
+        current = project
+
+        def fetch() -> DownloadResult:
+            return client.download(current.downloads[index].url, temp, progress=progress)
+
+        def fresh_project() -> None:
+            nonlocal current
+            current = client.get_project(project_id)
+
+        result = retrying.with_fresh_urls(fetch, refresh=fresh_project)
+        return result, current
 
     # ---------------------------------------------------------------- deliver
     def deliver(self, job: Job) -> StepOutcome:

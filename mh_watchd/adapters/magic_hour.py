@@ -6,8 +6,9 @@ tests run this real code against `httpx.MockTransport` or a loopback server.
 Two rules hold everywhere in this module:
 - `translate_failure` is the ONE place where httpx exceptions, HTTP statuses and malformed
   bodies become the error tree of `mh_watchd.core.errors`, given the operation.
-- `MagicHourClient._with_retries` is the ONE retry policy: a tenacity loop over a single
-  request, built from the numbers in `mh_watchd.core.backoff`, retrying only
+- `MagicHourClient._with_retries` runs every request under the ONE retry policy
+  (`retrying.api_request_policy` in `mh_watchd/adapters/retrying.py`): a tenacity loop over a
+  single request, built from the numbers in `mh_watchd.core.backoff`, retrying only
   `TransientApiError` (never an `AmbiguousCreateError`).
 
 Uploads stream from the file (a path, or a file the caller already opened without following
@@ -19,25 +20,21 @@ exception text or a repr.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
-import tenacity
 
 from mh_watchd import __version__
-from mh_watchd.core import backoff
+from mh_watchd.adapters import retrying
 from mh_watchd.core.api import (
     Account,
     CreatedProject,
@@ -197,7 +194,7 @@ def translate_failure(
         operation=operation,
         status=status,
         service_message=service_message,
-        retry_after_seconds=_retry_after_seconds(response),
+        retry_after_seconds=retrying.retry_after_seconds(response),
     )
 
 
@@ -267,54 +264,6 @@ def _service_message(response: httpx.Response, body: bytes | None) -> str | None
         text = parsed["message"]
     text = " ".join(text.split())
     return text[:SERVICE_MESSAGE_MAX_CHARS] or None
-
-
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), else None.
-
-    A date is measured against the response's own `Date` header when present, so a skewed
-    local clock does not stretch or shrink the wait.
-    """
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    when = _parse_http_date(value)
-    if when is None:
-        return None
-    now = _parse_http_date(response.headers.get("Date", "")) or datetime.now(UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-def _parse_http_date(value: str) -> datetime | None:
-    """An aware datetime from an HTTP date, or None when it is not one."""
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def _worth_retrying(exc: BaseException) -> bool:
-    """Retry transient failures only, and not when the service asks for a long pause
-    (the job waits for that instead of a thread sleeping through it)."""
-    if not isinstance(exc, TransientApiError):
-        return False
-    wait = exc.retry_after_seconds
-    return wait is None or wait <= backoff.REQUEST_RETRY_AFTER_CAP_SECONDS
-
-
-def _wait_seconds(state: tenacity.RetryCallState) -> float:
-    """Tenacity wait: `request_wait_seconds` for this attempt, honouring a Retry-After."""
-    exc = state.outcome.exception() if state.outcome is not None else None
-    retry_after = exc.retry_after_seconds if isinstance(exc, ApiError) else None
-    return backoff.request_wait_seconds(state.attempt_number, retry_after)
 
 
 class _Attempt:
@@ -549,16 +498,7 @@ class MagicHourClient:
 
     def _with_retries(self, attempt: Callable[[bool], T]) -> T:
         """Run `attempt(retried)` under the one retry policy; re-raise the last error."""
-        retrying = tenacity.Retrying(
-            stop=(
-                tenacity.stop_after_attempt(backoff.REQUEST_ATTEMPTS)
-                | tenacity.stop_before_delay(backoff.REQUEST_MAX_ELAPSED_SECONDS)
-            ),
-            wait=_wait_seconds,
-            retry=tenacity.retry_if_exception(_worth_retrying),
-            sleep=self._sleep,
-            reraise=True,
-        )
+        policy = retrying.api_request_policy(sleep=self._sleep)
         tries = 0
 
         def once() -> T:
@@ -566,7 +506,7 @@ class MagicHourClient:
             tries += 1
             return attempt(tries > 1)
 
-        return retrying(once)
+        return policy(once)
 
     def _call_json(
         self,

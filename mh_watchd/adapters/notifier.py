@@ -1,7 +1,8 @@
 """[notify]: tell a person when a job fails, is held, a folder is in outage (or a job is done).
 
 `notify()` only puts the event on a bounded queue; a background thread delivers it to a webhook
-(JSON POST, retried with the request backoff numbers from core) and, when the optional `apprise`
+(JSON POST, retried under `retrying.webhook_policy`: the request backoff numbers from core,
+honouring a Retry-After in seconds or as an HTTP date) and, when the optional `apprise`
 package is installed, to apprise URLs. Nothing here ever blocks or fails the caller for long.
 Webhook and apprise URLs carry secrets (tokens in paths, queries, userinfo): logs name only the
 webhook's scheme://host and an apprise URL's scheme.
@@ -21,7 +22,7 @@ from typing import Any
 import httpx
 import structlog
 
-from mh_watchd.core.backoff import request_wait_seconds
+from mh_watchd.adapters import retrying
 
 NOTIFY_EVENTS = frozenset({"failed", "held", "outage", "done"})
 QUEUE_MAX_EVENTS = 100
@@ -178,42 +179,36 @@ class EventNotifier:
 
     def _post_webhook(self, payload: dict[str, Any]) -> None:
         target = safe_url(self.webhook_url)
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
+        attempts = 0
+
+        def post() -> httpx.Response | httpx.HTTPError:
+            nonlocal attempts
+            attempts += 1
             try:
-                response = self._http.post(self.webhook_url, json=payload)
+                return self._http.post(self.webhook_url, json=payload)
             except httpx.HTTPError as exc:
-                outcome = type(exc).__name__
-                retryable = True
-            else:
-                if response.is_success:
-                    log.info(
-                        "notify.sent", notify_event=payload["event"], to=target, attempts=attempt
-                    )
-                    return
-                outcome = str(response.status_code)
-                retryable = response.status_code == 429 or response.status_code >= 500
-                retry_after = _retry_after_seconds(response)
+                return exc
+
+        policy = retrying.webhook_policy(
+            attempts=self._max_attempts,
+            sleep=self._sleep,
             # After stop() only one try is left to each event, so shutdown stays prompt.
-            if not retryable or attempt >= self._max_attempts or self._stop.is_set():
-                log.warning(
-                    "notify.failed",
-                    notify_event=payload["event"],
-                    to=target,
-                    attempts=attempt,
-                    outcome=outcome,
-                )
-                return
-            log.info(
-                "notify.retrying",
-                notify_event=payload["event"],
-                to=target,
-                attempt=attempt,
-                outcome=outcome,
-            )
-            self._sleep(request_wait_seconds(attempt, retry_after))
+            stop_when=self._stop.is_set,
+            before_sleep=retrying.log_retrying(
+                log, "notify.retrying", notify_event=payload["event"], to=target
+            ),
+        )
+        outcome = policy(post)
+        if isinstance(outcome, httpx.Response) and outcome.is_success:
+            log.info("notify.sent", notify_event=payload["event"], to=target, attempts=attempts)
+            return
+        log.warning(
+            "notify.failed",
+            notify_event=payload["event"],
+            to=target,
+            attempts=attempts,
+            outcome=retrying.outcome_name(outcome),
+        )
 
     def _send_apprise(self, payload: dict[str, Any]) -> None:
         if self._apprise is None:
@@ -239,13 +234,3 @@ class EventNotifier:
             log.info("notify.apprise_sent", notify_event=payload["event"], schemes=schemes)
         else:
             log.warning("notify.apprise_failed", notify_event=payload["event"], schemes=schemes)
-
-
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff

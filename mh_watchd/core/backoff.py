@@ -1,10 +1,15 @@
 """Retry numbers, in one place: short in-request retries and long per-job waits.
 
 tenacity repeats one request for a few seconds (`REQUEST_*`); anything longer becomes a due
-time with an attempt count on the job in the journal (`job_backoff_seconds`).
+time with an attempt count on the job in the journal (`job_backoff_seconds`). A service's
+`Retry-After` (delta-seconds or an HTTP date) is read by `parse_retry_after`, the one parser.
 """
 
 from __future__ import annotations
+
+import email.utils
+import math
+from datetime import UTC, datetime
 
 # One request: at most this many tries, spread over at most this many seconds.
 REQUEST_ATTEMPTS = 4
@@ -46,6 +51,41 @@ def request_wait_seconds(attempt: int, retry_after_seconds: float | None = None)
     if retry_after_seconds is not None and retry_after_seconds >= 0:
         return min(retry_after_seconds, REQUEST_RETRY_AFTER_CAP_SECONDS)
     return min(REQUEST_WAIT_INITIAL_SECONDS * 2.0 ** max(attempt - 1, 0), REQUEST_WAIT_MAX_SECONDS)
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds to wait from a `Retry-After` header value, or None when there is none to use.
+
+    The value is delta-seconds ("120"; a negative number counts as 0) or an HTTP date, measured
+    from `now` (a date already past counts as 0; a naive `now` is taken as UTC). Anything else
+    (garbage, an empty value, "inf", "nan") gives None: the caller falls back to its own backoff.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    when = parse_http_date(text)
+    if when is None:
+        return None
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def parse_http_date(value: str) -> datetime | None:
+    """An aware datetime from an HTTP date ("Wed, 21 Oct 2015 07:28:00 GMT"), else None."""
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def job_backoff_seconds(attempt: int, retry_after_seconds: float | None = None) -> float:

@@ -26,6 +26,7 @@ class _Hook:
 
     script: list[int | str] = field(default_factory=list)  # statuses, or "hang"
     retry_after: str | None = None
+    date: str | None = None  # the Date header to send; None: the server's clock
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
@@ -66,6 +67,10 @@ class _HookHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        fixed = self.server.hook.date
+        return fixed if fixed is not None else super().date_time_string(timestamp)
 
 
 @pytest.fixture
@@ -182,6 +187,41 @@ def test_retry_after_is_honoured_and_attempts_are_capped(hook: _Hook, http: http
     assert sleeps.waits == [1.0, 0.5]
     failed = next(e for e in logs if e["event"] == "notify.failed")
     assert failed["outcome"] == "503" and failed["attempts"] == 3
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected_wait"),
+    [
+        ("Wed, 21 Oct 2015 07:28:03 GMT", 3.0),  # measured against the response's Date
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # already past: no wait
+        ("Wed, 21 Oct 2015 09:00:00 GMT", 5.0),  # capped like every in-request wait
+    ],
+)
+def test_retry_after_as_an_http_date_is_honoured(
+    hook: _Hook, http: httpx.Client, retry_after: str, expected_wait: float
+) -> None:
+    hook.script = [429, 200]
+    hook.retry_after = retry_after
+    hook.date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    sleeps = _Sleeps()
+    notifier = EventNotifier(
+        webhook_url=hook.url, apprise_urls=[], on=["held"], http=http, sleep=sleeps
+    )
+    notifier.start()
+    with capture_logs() as logs:
+        notifier.notify("held", job=6)
+        wait_for(
+            lambda: any(e["event"] == "notify.sent" for e in logs),
+            timeout_seconds=10,
+            what="notify.sent",
+        )
+        notifier.stop()
+    assert hook.count() == 2
+    assert sleeps.waits == [expected_wait]
+    retrying = next(e for e in logs if e["event"] == "notify.retrying")
+    assert retrying["attempt"] == 1 and retrying["outcome"] == "429"
+    sent = next(e for e in logs if e["event"] == "notify.sent")
+    assert sent["attempts"] == 2
 
 
 def test_a_client_error_is_not_retried(hook: _Hook, http: httpx.Client) -> None:
