@@ -176,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mh_watchd.adapters import config_file, logs
     from mh_watchd.core.config import Config
     from mh_watchd.core.errors import AlreadyRunningError, ConfigError, StateDirError
-    from mh_watchd.daemon import Daemon
+    from mh_watchd.daemon import Daemon, Signals
 
     logs.configure_logging(log_format="auto")
     path = config_file.config_path(args.config, os.environ)
@@ -201,19 +201,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             EX_CONFIG,
         )
     os.umask(config.daemon.umask)
-    daemon = Daemon(config, config_path=path)
     # Handlers first: a SIGTERM during start-up is then a clean stop, not a kill.
-    daemon.install_signal_handlers()
+    signals = Signals()
+    signals.install()
     try:
-        daemon.open()
+        daemon = Daemon.open(config, token=token, config_path=path, signals=signals)
     except AlreadyRunningError as exc:
-        daemon.close_pools()
         return _fail(str(exc), EX_TEMPFAIL)
     except StateDirError as exc:
-        daemon.close_pools()
         return _fail(str(exc), EX_UNAVAILABLE)
     try:
-        daemon.start(token)
+        daemon.start()
     except StateDirError as exc:
         # The journal refused a write before anything was started (a full disk, I/O errors).
         daemon.shutdown()

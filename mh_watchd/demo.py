@@ -128,11 +128,9 @@ def run_demo(workspace: Path | None = None, *, timeout_seconds: float = 240.0) -
         config = config_file.load(config_path)
         logs.configure_logging(log_format="console", stream=sys.stderr)
         environ = dict(os.environ, MH_WATCHD_DEMO_TOKEN=DEMO_TOKEN)
-        daemon = Daemon(config, config_path=config_path, environ=environ)
-        daemon.open()
-        daemon.start(DEMO_TOKEN)
+        daemon = Daemon.open(config, token=DEMO_TOKEN, config_path=config_path, environ=environ)
+        daemon.start()
         journal = daemon.journal
-        assert journal is not None
 
         def all_done() -> bool:
             jobs = journal.jobs()

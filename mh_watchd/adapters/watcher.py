@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import stat
 import sys
 import threading
@@ -25,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 import structlog
 from watchdog.events import (
@@ -88,6 +88,12 @@ class FsEvent:
     folder: str  # the folder name the watcher was started for
     rel_path: PurePosixPath  # relative to the inbox root; "." for the root itself
     kind: str  # "changed" | "deleted" | "dir_changed" | "overflow" (rescan needed)
+
+
+class EventSink(Protocol):
+    """Where watchers put what they see: a queue, or the daemon's loop (any thread may put)."""
+
+    def put(self, item: FsEvent) -> None: ...
 
 
 # ---------------------------------------------------------------------------------- full walk
@@ -159,7 +165,7 @@ class _EventTranslator(FileSystemEventHandler):
     name that appeared or changed, so a symlink (to a file or a directory) is never news."""
 
     def __init__(
-        self, folder: str, root: Path, *, recursive: bool, prune: _Prune, sink: queue.Queue[FsEvent]
+        self, folder: str, root: Path, *, recursive: bool, prune: _Prune, sink: EventSink
     ) -> None:
         super().__init__()
         self._folder = folder
@@ -302,7 +308,7 @@ class NativeWatcher:
         root: Path,
         *,
         recursive: bool,
-        sink: queue.Queue[FsEvent],
+        sink: EventSink,
         prune: _Prune = _never_prune,
     ) -> None:
         self.folder = folder
@@ -388,7 +394,7 @@ class Poller:
         root: Path,
         *,
         recursive: bool,
-        sink: queue.Queue[FsEvent],
+        sink: EventSink,
         interval_seconds: float = 2.0,
         max_interval_seconds: float = 30.0,
         prune: _Prune = _never_prune,

@@ -52,7 +52,7 @@ GHIBLI = "Studio Ghibli"
 TOP_KEYS: tuple[str, ...] = ("api", "daemon", "styles", "folder", "notify")
 API_KEYS: tuple[str, ...] = (
     "base_url", "token_env", "token_file", "request_timeout_seconds", "poll_interval_seconds",
-    "render_timeout_minutes",
+    "render_timeout_minutes", "account_probe_seconds",
 )  # fmt: skip
 DAEMON_KEYS: tuple[str, ...] = (
     "state_dir", "max_parallel_uploads", "max_active_renders", "daily_credit_limit",
@@ -89,6 +89,8 @@ class ApiConfig:
     request_timeout_seconds: float = 60.0
     poll_interval_seconds: float = 10.0
     render_timeout_minutes: float = 180.0
+    # While jobs are held for the key (401) or credits (402), GET /v1/account this often.
+    account_probe_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -491,6 +493,7 @@ def _parse_api(
         request_timeout_seconds=reader.number("request_timeout_seconds", 60.0, positive=True),
         poll_interval_seconds=reader.number("poll_interval_seconds", 10.0, positive=True),
         render_timeout_minutes=reader.number("render_timeout_minutes", 180.0, positive=True),
+        account_probe_seconds=reader.number("account_probe_seconds", 600.0, positive=True),
     )
 
 

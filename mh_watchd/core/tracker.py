@@ -1,7 +1,8 @@
 """Everything the daemon remembers about files it has not taken in yet, in one place.
 
 Settle state (is the file still changing?), scan memory (which stats a rescan already looked
-at) and skipped versions (files to leave alone until they change) used to be separate memories,
+at), files waiting for a job on their path and skipped versions (files to leave alone until
+they change) used to be separate memories,
 and a file forgotten by one but remembered by another was never taken. `IntakeTracker` owns all
 three, and `forget()` clears every one of them, so a forgotten file is always seen again by the
 next stat pass or rescan. Pure: times are monotonic seconds handed in by the caller.
@@ -26,6 +27,9 @@ class IntakeTracker:
         # Per settling file: whether the last stat pass found it takeable (its ready marker
         # there, no job holding its path). A rescan's observation alone never makes it so.
         self._eligible: dict[Key, bool] = {}
+        # Settling files whose path a running job still holds: looked at again when that job
+        # moves (or on a slow timer), not on every stat pass.
+        self._waiting: set[Key] = set()
 
     # ------------------------------------------------------------------ settling
     def observe(self, key: Key, stats: Stats, now: float, *, eligible: bool | None = None) -> None:
@@ -37,6 +41,8 @@ class IntakeTracker:
         self._settle.observe(key, Observation(*stats), now)
         if eligible is not None:
             self._eligible[key] = eligible
+            if eligible:
+                self._waiting.discard(key)
 
     def touched(self, key: Key, now: float) -> None:
         """A filesystem event named `key`: (re)start its quiet period and look at it again."""
@@ -56,11 +62,32 @@ class IntakeTracker:
     def is_pending(self, key: Key) -> bool:
         return key in self._settle
 
+    def wait_for_job(self, key: Key) -> None:
+        """A job holds `key`'s path: leave it out of stat passes until `stop_waiting`."""
+        if key in self._settle:
+            self._waiting.add(key)
+
+    def stop_waiting(self, key: Key) -> bool:
+        """The job on `key`'s path moved: look at it again. True when it was waiting."""
+        if key in self._waiting:
+            self._waiting.discard(key)
+            return True
+        return False
+
+    def waiting(self, folder: str) -> list[Key]:
+        """Settling keys of `folder` that wait for a job to let go of their path."""
+        return [k for k in self._waiting if k[0] == folder]
+
+    def settling(self, folder: str) -> list[Key]:
+        """Settling keys of `folder` that no job holds: the ones a stat pass looks at."""
+        return [k for k in self.pending(folder) if k not in self._waiting]
+
     def taken(self, key: Key) -> None:
         """`key` was handed to intake: it no longer settles. Its scan memory stays until the
         intake's result is known (`forget` on failure, `remember` on success)."""
         self._settle.forget(key)
         self._eligible.pop(key, None)
+        self._waiting.discard(key)
 
     # ------------------------------------------------------------------ rescans
     def unchanged_since_scan(self, key: Key, stats: Stats) -> bool:

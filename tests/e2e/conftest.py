@@ -73,6 +73,7 @@ class Workspace:
             f'base_url = "{self.base_url}"',
             'token_env = "MH_TEST_TOKEN"',
             "poll_interval_seconds = 0.3",
+            "account_probe_seconds = 1",
             "request_timeout_seconds = 10",
             self.api_extra,
             "",
@@ -202,7 +203,6 @@ def daemon_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAGIC_HOUR")}
     env.pop("NOTIFY_SOCKET", None)
     env["MH_TEST_TOKEN"] = TOKEN
-    env["MH_WATCHD_ACCOUNT_PROBE_SECONDS"] = "1"
     return env
 
 

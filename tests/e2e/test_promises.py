@@ -86,11 +86,14 @@ def test_a_wall_clock_step_back_does_not_stall_polling(tmp_path: Path, emu: Emul
     def wall() -> float:
         return time.time() - step["seconds"]
 
-    daemon = Daemon(
-        config, config_path=ws.config_path, environ={"MH_TEST_TOKEN": TOKEN}, clock=wall
+    daemon = Daemon.open(
+        config,
+        token=TOKEN,
+        config_path=ws.config_path,
+        environ={"MH_TEST_TOKEN": TOKEN},
+        clock=wall,
     )
-    daemon.open()
-    daemon.start(TOKEN)
+    daemon.start()
     try:
         synthesize_clip(ws.inbox("anime") / "a.mp4", seconds=1.0)
         journal = daemon.journal

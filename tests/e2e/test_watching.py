@@ -185,16 +185,19 @@ def test_a_missed_event_is_caught_by_the_rescan(tmp_path: Path, emu: EmulatorSer
         def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
             return None  # the handler is "disabled": nothing reaches the loop
 
-    daemon = Daemon(
-        config, config_path=ws.config_path, environ={"MH_TEST_TOKEN": TOKEN}, events=Deaf()
+    daemon = Daemon.open(
+        config,
+        token=TOKEN,
+        config_path=ws.config_path,
+        environ={"MH_TEST_TOKEN": TOKEN},
+        events=Deaf(),
     )
-    daemon.open()
-    daemon.start(TOKEN)
+    daemon.start()
     try:
         assert daemon.run_until(lambda: daemon.folders["anime"].last_scan_mono is not None, 10)
         synthesize_clip(ws.inbox("anime") / "late.mp4", seconds=1.0)
         assert daemon.run_until(
-            lambda: any(j.state is JobState.DONE for j in daemon.journal.jobs()),  # type: ignore[union-attr]
+            lambda: any(j.state is JobState.DONE for j in daemon.journal.jobs()),
             30,
         )
     finally:
@@ -217,14 +220,14 @@ def test_auto_mode_polls_a_remote_filesystem_and_watches_a_local_one(
         f"90 22 0:50 / {nas} rw,relatime shared:60 - cifs //nas/media rw,vers=3.0\n"
     )
     config = config_file.load(ws.config_path)
-    daemon = Daemon(
+    daemon = Daemon.open(
         config,
+        token=TOKEN,
         config_path=ws.config_path,
         environ={"MH_TEST_TOKEN": TOKEN},
         fs=LocalFileSystem(mountinfo_path=mountinfo),
     )
-    daemon.open()
-    daemon.start(TOKEN)
+    daemon.start()
     try:
         modes = {n: (rt.watch_mode, rt.watch_reason) for n, rt in daemon.folders.items()}
     finally:
@@ -366,14 +369,14 @@ def test_a_recursive_inbox_that_does_not_fit_inotify_watches_polls_and_says_how_
             return 100, 99  # a limit nearly spent by other programs
 
     config = config_file.load(ws.config_path)
-    daemon = Daemon(
+    daemon = Daemon.open(
         config,
+        token=TOKEN,
         config_path=ws.config_path,
         environ={"MH_TEST_TOKEN": TOKEN},
         fs=TightInotify(),
     )
-    daemon.open()
-    daemon.start(TOKEN)
+    daemon.start()
     try:
         mode, reason = daemon.folders["big"].watch_mode, daemon.folders["big"].watch_reason
     finally:
