@@ -6,6 +6,7 @@
     │   └── AlreadyRunningError  fatal: another daemon holds the lock (exit 75)
     ├── MediaError               give up on this file: not a readable video
     ├── SourceChangedError       the file changed or vanished mid-upload: take it as a new version
+    │   └── NotACandidateError   an inbox name that is a link or not a regular file: never an input
     ├── InboxUnavailableError    the inbox itself is gone or unreadable: an outage, never a loss
     └── ApiError                 anything the Magic Hour service (or the way to it) did
         ├── TransientApiError    retry later (honour `retry_after_seconds` when set)
@@ -122,6 +123,18 @@ class CreditsError(AccountApiError):
 
 class SourceChangedError(MhWatchdError):
     """The file being uploaded changed size or content while it was read; upload it again."""
+
+
+class NotACandidateError(SourceChangedError):
+    """An inbox name that is a symlink (`link` True) or not a regular file: never an input.
+
+    It is never read, moved or sent. A SourceChangedError, so a job whose original's name
+    became one ends `superseded` before any create.
+    """
+
+    def __init__(self, message: str, *, link: bool = False) -> None:
+        self.link = link
+        super().__init__(message)
 
 
 class InboxUnavailableError(MhWatchdError):

@@ -27,6 +27,7 @@ from mh_watchd.adapters.fs import (
     open_files_under,
     renameat2_noreplace,
 )
+from mh_watchd.core import errors
 from mh_watchd.core.errors import SourceChangedError
 
 IS_ROOT = os.geteuid() == 0
@@ -91,7 +92,7 @@ def fake_mountinfo(tmp_path: Path, *extra: tuple[Path, str]) -> Path:
     return path
 
 
-# -- facts -------------------------------------------------------------------------------------
+# -- one object, made of parts -----------------------------------------------------------------
 
 
 def test_local_filesystem_satisfies_the_protocol() -> None:
@@ -103,6 +104,35 @@ def test_local_filesystem_satisfies_the_protocol() -> None:
         if not name.startswith("_") and not callable(getattr(LocalFileSystem, name, None))
     ]
     assert missing == []
+
+
+def test_overriding_a_method_in_a_subclass_changes_it_for_every_caller(tmp_path: Path) -> None:
+    class OnNfs(LocalFileSystem):
+        def fs_type(self, path: Path) -> str | None:
+            return "nfs4"
+
+        def is_mount_point(self, path: Path) -> bool:
+            return True
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    fs = OnNfs()
+    assert fs.state_dir_problem(tmp_path) == "on nfs4: SQLite WAL is unsafe there"
+    assert fs.check_inbox(inbox, require_mount=True, mount_marker="") is None
+    assert LocalFileSystem().check_inbox(inbox, require_mount=True, mount_marker="") == (
+        "not a mount point"
+    )
+
+
+def test_not_a_candidate_error_lives_in_the_core_tree_and_is_still_exported_here() -> None:
+    assert NotACandidateError is errors.NotACandidateError
+    assert issubclass(NotACandidateError, SourceChangedError)
+    error = NotACandidateError("x.mp4 is a symbolic link: never followed", link=True)
+    assert (error.link, str(error)) == (True, "x.mp4 is a symbolic link: never followed")
+    assert "NotACandidateError" in (errors.__doc__ or "")
+
+
+# -- facts -------------------------------------------------------------------------------------
 
 
 def test_fs_type_comes_from_mountinfo_with_symlinks_resolved(tmp_path: Path) -> None:

@@ -1,0 +1,220 @@
+"""The journal's job records: each job's row and its append-only history of events.
+
+Every write here stores the job row and its event in one transaction, so a job's history always
+ends in the state its row shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mh_watchd.adapters.journal_connection import JournalConflict, JournalConnection
+from mh_watchd.adapters.journal_rows import (
+    JOB_INSERT_SQL,
+    JOB_UPDATE_SQL,
+    TERMINAL_VALUES,
+    dump_detail,
+    encode_inode,
+    job_from_row,
+    job_values,
+)
+from mh_watchd.core.jobs import Job, JobState, check_move
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One journaled state change of a job (or a note on it when from == to)."""
+
+    id: int
+    job_id: int
+    at: float
+    from_state: JobState | None  # None for the event that created the job
+    to_state: JobState
+    event: str
+    detail: Mapping[str, Any]
+
+
+class JobRecords(JournalConnection):
+    """Jobs and their events: insert, save (with a state check), lookups, counts, progress.
+
+    Owns the `jobs` and `events` tables (reads `jobs` only through `job_from_row`).
+    """
+
+    def insert(self, job: Job, *, event: str, detail: Mapping[str, Any] | None = None) -> Job:
+        """Store a new job (its timestamps as given) with its first event, in one transaction.
+
+        Returns the job with its new `id`. Raises ValueError if it already has one,
+        JournalConflict if its project_id belongs to another job.
+        """
+        if job.id is not None:
+            raise ValueError(f"job {job.id} is already in the journal; use save()")
+        with self._writing() as conn:
+            job_id = conn.execute(JOB_INSERT_SQL, job_values(job)).lastrowid
+            assert job_id is not None  # an INSERT always sets it
+            _append_event(conn, job_id, job.updated_at, None, job.state, event, detail)
+        return dataclasses.replace(job, id=job_id)
+
+    def save(
+        self,
+        job: Job,
+        *,
+        event: str,
+        detail: Mapping[str, Any] | None = None,
+        expect_state: JobState | None = None,
+    ) -> Job:
+        """Update a stored job and append its event (at `job.updated_at`) in one transaction.
+
+        Returns `job`. Raises JournalConflict when the job is unknown, when its stored state is
+        not `expect_state` (if given) or its project_id belongs to another job; IllegalTransition
+        when the stored state cannot move to `job.state`. Nothing is written when it raises.
+        """
+        if job.id is None:
+            raise ValueError("a job without an id is not in the journal yet; use insert()")
+        with self._writing() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            if row is None:
+                raise JournalConflict(f"job {job.id} is not in the journal", job_id=job.id)
+            stored = JobState(row["state"])
+            if expect_state is not None and stored is not expect_state:
+                raise JournalConflict(
+                    f"job {job.id} is {stored.value}, not {expect_state.value}: it changed "
+                    "meanwhile",
+                    job_id=job.id,
+                    actual_state=stored,
+                )
+            if stored is not job.state:
+                # A stale copy of the record must not drive the job somewhere the table forbids.
+                check_move(stored, job.state)
+            conn.execute(JOB_UPDATE_SQL, [*job_values(job), job.id])
+            _append_event(conn, job.id, job.updated_at, stored, job.state, event, detail)
+        return job
+
+    def get(self, job_id: int) -> Job | None:
+        """Return the job with this id, or None."""
+        return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+
+    def by_project_id(self, project_id: str) -> Job | None:
+        """Return the job that owns this Magic Hour project id, or None."""
+        return self._one("SELECT * FROM jobs WHERE project_id = ?", (project_id,))
+
+    def jobs(
+        self, *, states: Collection[JobState] | None = None, folder: str | None = None
+    ) -> list[Job]:
+        """Return jobs (all, or only in `states` and/or `folder`), in id order."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if states is not None:
+            if not states:
+                return []
+            clauses.append(f"state IN ({', '.join('?' for _ in states)})")
+            params.extend(JobState(s).value for s in states)
+        if folder is not None:
+            clauses.append("folder = ?")
+            params.append(folder)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._many(f"SELECT * FROM jobs{where} ORDER BY id", params)
+
+    def unfinished(self) -> list[Job]:
+        """Return every job not done or failed, oldest (lowest id) first."""
+        marks = ", ".join("?" for _ in TERMINAL_VALUES)
+        return self._many(
+            f"SELECT * FROM jobs WHERE state NOT IN ({marks}) ORDER BY id", TERMINAL_VALUES
+        )
+
+    def latest_for_path(self, folder: str, rel_path: str) -> Job | None:
+        """Return the newest job of this file path in any state, or None."""
+        return self._one(
+            "SELECT * FROM jobs WHERE folder = ? AND rel_path = ? ORDER BY id DESC LIMIT 1",
+            (folder, rel_path),
+        )
+
+    def find_done_version(self, folder: str, rel_path: str, size: int, sha256: str) -> Job | None:
+        """Return the newest `done` job of exactly this file version (path, size, hash), or None."""
+        return self._one(
+            "SELECT * FROM jobs WHERE folder = ? AND rel_path = ? AND size = ? AND sha256 = ?"
+            " AND state = ? ORDER BY id DESC LIMIT 1",
+            (folder, rel_path, size, sha256, JobState.DONE.value),
+        )
+
+    def known_version(
+        self, folder: str, rel_path: str, size: int, mtime_ns: int, inode: int
+    ) -> Job | None:
+        """Return the newest job of this path with this size, mtime and inode, or None.
+
+        Lets intake skip re-hashing a file the journal already knows.
+        """
+        return self._one(
+            "SELECT * FROM jobs WHERE folder = ? AND rel_path = ? AND size = ? AND mtime_ns = ?"
+            " AND inode = ? ORDER BY id DESC LIMIT 1",
+            (folder, rel_path, size, mtime_ns, encode_inode(inode)),
+        )
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        """Return the job's events in the order they were written."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
+        return [
+            JobEvent(
+                id=row["id"],
+                job_id=row["job_id"],
+                at=row["at"],
+                from_state=JobState(row["from_state"]) if row["from_state"] else None,
+                to_state=JobState(row["to_state"]),
+                event=row["event"],
+                detail=json.loads(row["detail"]),
+            )
+            for row in rows
+        ]
+
+    def counts_by_folder_and_state(self) -> dict[tuple[str, str], int]:
+        """Return {(folder, state value): number of jobs} for every pair that has jobs."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT folder, state, COUNT(*) AS n FROM jobs GROUP BY folder, state"
+            ).fetchall()
+        return {(row["folder"], row["state"]): int(row["n"]) for row in rows}
+
+    def set_progress(self, job_id: int, progress: float) -> None:
+        """Store a transfer's progress (0..1) for `status`; no event, no state change."""
+        with self._writing() as conn:
+            conn.execute("UPDATE jobs SET progress = ? WHERE id = ?", (progress, job_id))
+
+    def _one(self, sql: str, params: Collection[Any]) -> Job | None:
+        with self._reading() as conn:
+            row = conn.execute(sql, tuple(params)).fetchone()
+        return job_from_row(row) if row is not None else None
+
+    def _many(self, sql: str, params: Collection[Any]) -> list[Job]:
+        with self._reading() as conn:
+            rows = conn.execute(sql, tuple(params)).fetchall()
+        return [job_from_row(row) for row in rows]
+
+
+def _append_event(
+    conn: sqlite3.Connection,
+    job_id: int,
+    at: float,
+    from_state: JobState | None,
+    to_state: JobState,
+    event: str,
+    detail: Mapping[str, Any] | None,
+) -> None:
+    conn.execute(
+        "INSERT INTO events (job_id, at, from_state, to_state, event, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            job_id,
+            at,
+            from_state.value if from_state is not None else None,
+            to_state.value,
+            event,
+            dump_detail(detail),
+        ),
+    )
