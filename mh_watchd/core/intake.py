@@ -225,3 +225,48 @@ def trim(
             "start_seconds or raise max_seconds"
         )
     return (start_seconds, end)
+
+
+class Take(StrEnum):
+    """What intake does with one version of a file it looked at."""
+
+    TAKE = "take"  # settle it, then probe it and queue it
+    SKIP = "skip"  # leave this version alone until it changes
+    LATER = "later"  # keep it settling: an intake or a job still holds its path
+
+
+def needs_journal(kind: Verdict, *, skipped: bool, intake_running: bool) -> bool:
+    """True when `take_verdict` needs the journal's facts about the path (the other facts
+    alone do not decide), so the caller looks them up only then."""
+    return kind is Verdict.CANDIDATE and not skipped and not intake_running
+
+
+def take_verdict(
+    kind: Verdict,
+    *,
+    skipped: bool,
+    intake_running: bool,
+    known_version: bool = False,
+    latest_finished: bool = True,
+    latest_started: bool = False,
+) -> Take:
+    """Take, skip or look again later at one version of a file.
+
+    `kind` is `classify()`'s verdict; `skipped`: this exact version was set aside (already
+    done); `intake_running`: an intake of the path is under way. The journal's facts (looked
+    up only when `needs_journal`): `known_version` (a job exists for this very version),
+    `latest_finished` (the path's latest job is finished, or there is none) and
+    `latest_started` (that job has an upload or a step under way).
+    """
+    if kind is not Verdict.CANDIDATE or skipped:
+        return Take.SKIP  # another kind, or its size or name must change before it counts
+    if intake_running:
+        return Take.LATER
+    if known_version:
+        return Take.SKIP
+    if latest_finished or not latest_started:
+        # Nothing holds the path; a queued job not yet uploading has its facts refreshed.
+        return Take.TAKE
+    # Uploading, uploaded or rendering: the running step ends that job (superseded if it is
+    # still before its create), or the change is a new version once it is done.
+    return Take.LATER

@@ -21,7 +21,14 @@ from mh_watchd.adapters.watcher import FsEvent
 from mh_watchd.core import naming
 from mh_watchd.core.api import estimate_credits
 from mh_watchd.core.config import FolderConfig
-from mh_watchd.core.intake import Verdict, classify, ready_marker_path, route_preset
+from mh_watchd.core.intake import (
+    Verdict,
+    classify,
+    needs_journal,
+    ready_marker_path,
+    route_preset,
+    take_verdict,
+)
 from mh_watchd.core.jobs import Job, JobSettings, JobState
 from mh_watchd.core.tracker import Key
 from mh_watchd.runner import IntakeResult
@@ -183,9 +190,10 @@ class Intake:
             )
 
     def verdict(self, rt: FolderRuntime, rel: str, size: int, mtime_ns: int, inode: int) -> str:
-        """ "take" it in, "skip" this version for good, or look again "later"."""
+        """ "take" it in, "skip" this version for good, or look again "later" (the pure
+        `core.intake.take_verdict`, with the journal asked only when it must be)."""
         folder = rt.config
-        verdict = classify(
+        kind = classify(
             PurePosixPath(rel),
             size=size,
             include=folder.include,
@@ -195,27 +203,24 @@ class Intake:
         )
         key = (folder.name, rel)
         tracker = self._ctx.tracker
-        if verdict is Verdict.NOT_VIDEO:
-            if tracker.first_not_video(key):
-                log.info("intake.not_a_video_name", folder=folder.name, file=rel)
-            return "skip"
-        if verdict is not Verdict.CANDIDATE:
-            return "skip"  # its size or name must change before it counts
-        if tracker.is_skipped(key, (size, mtime_ns, inode)):
-            return "skip"
-        if key in self.futures:
-            return "later"
+        if kind is Verdict.NOT_VIDEO and tracker.first_not_video(key):
+            log.info("intake.not_a_video_name", folder=folder.name, file=rel)
+        skipped = tracker.is_skipped(key, (size, mtime_ns, inode))
+        running = key in self.futures
+        if not needs_journal(kind, skipped=skipped, intake_running=running):
+            return take_verdict(kind, skipped=skipped, intake_running=running).value
         journal = self._ctx.journal
         if journal.known_version(folder.name, rel, size, mtime_ns, inode) is not None:
-            return "skip"
+            return take_verdict(kind, skipped=False, intake_running=False, known_version=True)
         latest = journal.latest_for_path(folder.name, rel)
-        if latest is None or latest.is_terminal:
-            return "take"
-        if latest.upload_file_path is None and latest.id not in self._ctx.in_flight:
-            return "take"  # queued, not uploading: intake refreshes that job's facts
-        # Uploading, uploaded or rendering: the running step ends that job (superseded if it
-        # is still before its create), or the change is a new version once it is done.
-        return "later"
+        return take_verdict(
+            kind,
+            skipped=False,
+            intake_running=False,
+            latest_finished=latest is None or latest.is_terminal,
+            latest_started=latest is not None
+            and (latest.upload_file_path is not None or latest.id in self._ctx.in_flight),
+        ).value
 
     # ------------------------------------------------------------------ taking files in
     def _start_ready(self, rt: FolderRuntime) -> None:
