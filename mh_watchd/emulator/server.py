@@ -3,6 +3,7 @@
 Routes (see magic-hour-api.md): `POST /v1/files/upload-urls`, `PUT /_uploads/<token>`,
 `POST /v1/video-to-video`, `GET|DELETE /v1/video-projects/<id>`, `GET /v1/account`,
 `GET /_downloads/<token>/<name>.mp4`, and the control routes `GET /_emulator/state`,
+`GET /_emulator/requests` (the request log: when each answered request came, see `store`),
 `POST /_emulator/faults`, `POST /_emulator/credits`, `POST /_emulator/projects/<id>`.
 
 Counts in the state document: `creates` counts projects created (an `after_commit` create
@@ -186,6 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", "/v1/video-to-video"): self._create,
             ("GET", "/v1/account"): self._account,
             ("GET", "/_emulator/state"): self._state,
+            ("GET", "/_emulator/requests"): self._requests,
             ("POST", "/_emulator/faults"): self._set_faults,
             ("POST", "/_emulator/credits"): self._set_credits,
         }
@@ -339,12 +341,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.store.count("upload_urls")
         items = protocol.parse_upload_items(self._api_request("upload_urls"))
         base = self.emulator.base_url
-        self._send_json(200, {"items": [self.store.issue_upload(item, base) for item in items]})
+        issued = [self.store.issue_upload(item, base) for item in items]
+        self.store.log_request("upload_urls")
+        self._send_json(200, {"items": issued})
 
     def _create(self) -> None:
         self.store.count("create_requests")
         spec = protocol.parse_create(self._api_request("create"))
         record = self.store.create(spec)
+        self.store.log_request("create", project_id=record.id)
         if self.emulator.faults.pick("create", ON_COMMIT) is not None:
             self._drop(reset=False)
         self._send_json(
@@ -361,7 +366,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._read_body()
         self._fault_on_arrival("get", body_read=True)
         self._authorize()
-        self._send_json(200, self.store.project_body(project_id, self.emulator.base_url))
+        body = self.store.project_body(project_id, self.emulator.base_url)
+        self.store.log_request("get", project_id=project_id, status=str(body["status"]))
+        self._send_json(200, body)
 
     def _delete_project(self, project_id: str) -> None:
         self._read_body()
@@ -412,6 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
             partial.unlink(missing_ok=True)
         # Only now is it an upload: the bytes are stored and the asset usable.
         self.store.count("uploads")
+        self.store.log_request("upload")
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.send_header("ETag", f'"{secrets.token_hex(16)}"')
@@ -448,6 +456,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _state(self) -> None:
         self._read_body()
         self._send_json(200, self.store.state())
+
+    def _requests(self) -> None:
+        self._read_body()
+        self._send_json(200, {"requests": self.store.request_log()})
 
     def _set_faults(self) -> None:
         doc = protocol.parse_json_object(self._read_body())
@@ -589,6 +601,10 @@ class EmulatorServer:
     def state(self) -> dict[str, Any]:
         """Return the `GET /_emulator/state` document: credits, projects, request counts."""
         return self.store.state()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Return the `GET /_emulator/requests` log: answered API requests, oldest first."""
+        return self.store.request_log()
 
     def set_faults(self, faults: dict[str, Any]) -> None:
         """Replace the fault plan (its counters and generator restart); ValueError if invalid."""

@@ -10,6 +10,14 @@ nothing created). At completion the charge is corrected to the frames actually r
 credits per output frame (the estimate's own rate, which assumes 30 fps), never more than the
 estimate; the difference is refunded. An error, a cancel, or deleting an unfinished project
 refunds the whole charge and sets `credits_charged` to 0.
+
+Request log (for benchmarks and tests that need to know *when*, not just how often): the newest
+REQUEST_LOG_MAX answered requests of the API routes, oldest first, each
+`{"at": unix seconds (the host's wall clock), "route", "project_id", "status"}`. Routes:
+`upload_urls`, `upload` (stored), `create` (committed; an `after_commit` one included), `get`
+(answered 200, with the project `status` it reported), `download` (its URL resolved to an
+output and the body is about to be sent). Refused or faulted requests are not logged (the
+counts have them); `project_id` is None for the upload routes and `status` is set on `get` only.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import secrets
 import string
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +50,9 @@ COUNT_NAMES: tuple[str, ...] = (
     "downloads",
 )
 CREDITS_PER_OUTPUT_FRAME = 2
+REQUEST_LOG_ROUTES: tuple[str, ...] = ("upload_urls", "upload", "create", "get", "download")
+# Some tens of MB at most: enough for a benchmark of thousands of jobs polled for minutes.
+REQUEST_LOG_MAX = 100_000
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -157,6 +169,7 @@ class Store:
         self._projects: dict[str, ProjectRecord] = {}
         self._downloads: dict[str, DownloadSlot] = {}
         self._counts = dict.fromkeys(COUNT_NAMES, 0)
+        self._request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_MAX)
         self.on_render: Callable[[RenderJob], None] = lambda job: None
 
     def attach(self, data_dir: Path) -> None:
@@ -179,6 +192,23 @@ class Store:
         """Add one to the request counter `name` (one of COUNT_NAMES)."""
         with self.cond:
             self._counts[name] += 1
+
+    def log_request(
+        self, route: str, *, project_id: str | None = None, status: str | None = None
+    ) -> None:
+        """Append an answered request of `route` (one of REQUEST_LOG_ROUTES) to the request log,
+        stamped with the wall clock now; ValueError for another route."""
+        if route not in REQUEST_LOG_ROUTES:
+            raise ValueError(f"route must be one of: {', '.join(REQUEST_LOG_ROUTES)}")
+        with self.cond:
+            self._request_log.append(
+                {"at": self._wall(), "route": route, "project_id": project_id, "status": status}
+            )
+
+    def request_log(self) -> list[dict[str, Any]]:
+        """Return the request log, oldest first (copies: the caller may keep them)."""
+        with self.cond:
+            return [dict(entry) for entry in self._request_log]
 
     @property
     def credits(self) -> int:
@@ -358,7 +388,8 @@ class Store:
             self.cond.notify_all()
 
     def download_file(self, token: str) -> Path:
-        """Return the output file behind a download token; Problem 403 expired, 404 gone."""
+        """Return the output file behind a download token (logging the download); Problem 403
+        expired, 404 gone."""
         with self.cond:
             slot = self._downloads.get(token)
             if slot is None:
@@ -368,6 +399,7 @@ class Store:
             record = self._projects.get(slot.project_id)
             if record is None or record.deleted or record.status != "complete":
                 raise Problem(404, "Not Found")
+            self.log_request("download", project_id=record.id)
             return record.output
 
     # -- lifecycle ---------------------------------------------------------------------------
