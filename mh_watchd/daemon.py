@@ -413,7 +413,7 @@ class Daemon:
             self.ctx.gate.failed(exc)
         else:
             # The top of the loop: one unexpected error never stops the daemon.
-            log.error("daemon.tick_failed", exc_info=exc)
+            log.error("daemon.message_failed", exc_info=exc)
 
     def _relist_all(self) -> None:
         self.ctx.dirty = True

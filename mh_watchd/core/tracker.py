@@ -62,6 +62,12 @@ class IntakeTracker:
     def is_pending(self, key: Key) -> bool:
         return key in self._settle
 
+    def changed_since(self, key: Key, since: float) -> bool:
+        """True when an event or a changed stat touched `key` after `since`: a listing
+        or stat pass begun before then may predate the file and must not forget it."""
+        state = self._settle.state(key)
+        return state is not None and state.last_change > since
+
     def wait_for_job(self, key: Key) -> None:
         """A job holds `key`'s path: leave it out of stat passes until `stop_waiting`."""
         if key in self._settle:

@@ -72,6 +72,8 @@ class FolderRuntime:
     last_scan_wall: float | None = None
     scan_future: Future[ScanResult] | None = None
     scan_again: bool = False  # a rescan was asked for while one was under way
+    scan_started: float = 0.0  # monotonic time the running or last scan began listing
+    stat_started: float = 0.0  # monotonic time the running or last stat pass began
     stat_future: Future[Stats] | None = None
     stat_again: bool = False  # an event arrived during a stat pass: one more right after
     quick_confirm: bool = False  # the next stat pass confirms an event's file at once

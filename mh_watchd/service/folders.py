@@ -302,6 +302,7 @@ class FolderSupervisor:
         if rt.scan_future is not None:
             rt.scan_again = True  # the watch may have begun after it listed a directory
             return
+        rt.scan_started = self._ctx.monotonic()
         fut = rt.io.submit(scan_folder, rt.config)
         rt.scan_future = fut
         self._ctx.post_result(fut, self._scanned)

@@ -100,8 +100,11 @@ class Intake:
             # "take" settles it; "later" keeps it settling until the job on its path lets go.
             tracker.observe(key, stats, now)
         for key in tracker.pending(name) + tracker.scanned_keys(name):
-            if key not in seen and key not in self.futures:
-                tracker.forget(key)
+            if key in seen or key in self.futures:
+                continue
+            if tracker.changed_since(key, rt.scan_started):
+                continue  # an event named it after the listing began: it may be newer
+            tracker.forget(key)
         if tracker.pending(name):
             self.request_stat(rt)
 
@@ -140,6 +143,7 @@ class Intake:
             return
         quick, rt.quick_confirm = rt.quick_confirm, False
         root = Path(str(rt.config.inbox))
+        rt.stat_started = self._ctx.monotonic()
         fut = rt.io.submit(stat_many, self._ctx, root, rels, rt.config.ready_marker)
         rt.stat_future = fut
         self._ctx.post_result(fut, lambda f: self._stats_done(rt, f, quick=quick))
@@ -159,6 +163,9 @@ class Intake:
         tracker, now = self._ctx.tracker, self._ctx.monotonic()
         for rel, st, marker_ready in results:
             key = (name, rel)
+            if tracker.changed_since(key, rt.stat_started):
+                rt.stat_again = True  # an event came after this stat: look again instead
+                continue
             if st is None or not stat.S_ISREG(st.st_mode):
                 tracker.forget(key)  # gone, or a link / not a file now: never taken
                 continue

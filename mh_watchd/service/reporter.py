@@ -68,7 +68,7 @@ class Reporter:
         reasons = []
         age = ctx.monotonic() - ctx.loop.last_turn
         if age > LOOP_STALE_SECONDS:
-            reasons.append(f"main loop last ticked {age:.1f} s ago")
+            reasons.append(f"main loop last turned {age:.1f} s ago")
         if ctx.gate.error is not None:
             reasons.append(f"journal refuses writes: {ctx.gate.error}")
         elif not ctx.journal.writable_check():
