@@ -402,7 +402,7 @@ class Daemon:
             self.signals.reload = False
             self.reload()
         for _ in range(PASSES_PER_TURN):
-            if not ctx.dirty or ctx.stopping or ctx.gate.closed:
+            if not (ctx.dirty or ctx.woken) or ctx.stopping or ctx.gate.closed:
                 break
             self.scheduler.schedule()
             self.account.schedule()

@@ -186,8 +186,10 @@ class Context:
     folders: dict[str, FolderRuntime] = field(default_factory=dict)
     in_flight: dict[int, InFlight] = field(default_factory=dict)
     stopping: bool = False
-    # Something changed that may let a job move: the scheduling pass runs after this turn.
+    # Something changed that may let any job move: a full scheduling pass after this turn.
     dirty: bool = True
+    # Jobs whose due time came: a pass over just these (nothing else changed for the rest).
+    woken: set[int] = field(default_factory=set)
 
     def in_outage(self, folder: str) -> bool:
         rt = self.folders.get(folder)

@@ -36,15 +36,18 @@ class JobBook:
         self._due: dict[int, float] = {}
         # Called with every row written (intake looks again at a file waiting on its path).
         self.on_saved: list[Callable[[Job], None]] = []
+        self.version = 0  # counts the writes, so a reader can tell nothing changed
 
     # ------------------------------------------------------------------ reading
     def unfinished(self) -> list[Job]:
         """Unfinished jobs in id order (queue order)."""
         return [self.jobs[k] for k in sorted(self.jobs)]
 
-    def is_due(self, job_id: int) -> bool:
+    def is_due(self, job_id: int, monotonic_now: float | None = None) -> bool:
         due = self._due.get(job_id)
-        return due is None or due <= self._ctx.monotonic()
+        if due is None:
+            return True
+        return due <= (self._ctx.monotonic() if monotonic_now is None else monotonic_now)
 
     def load(self, job: Job) -> None:
         """Take a row read from the journal (at start-up) as it is."""
@@ -56,6 +59,7 @@ class JobBook:
         """Stop scheduling a job (its folder was removed before it was created)."""
         self.jobs.pop(job_id, None)
         self._due.pop(job_id, None)
+        self.version += 1
         self._ctx.loop.cancel(("job", job_id))
 
     # ------------------------------------------------------------------ writing
@@ -121,6 +125,7 @@ class JobBook:
     def _track(self, saved: Job) -> None:
         assert saved.id is not None
         self._ctx.dirty = True
+        self.version += 1
         if saved.is_terminal:
             self.forget(saved.id)
         else:
@@ -140,10 +145,9 @@ class JobBook:
     def _set_due_in(self, job_id: int, seconds: float) -> None:
         when = self._ctx.monotonic() + max(0.0, seconds)
         self._due[job_id] = when
-        self._ctx.loop.at(when, self._wake, key=("job", job_id), replace=True)
-
-    def _wake(self) -> None:
-        self._ctx.dirty = True
+        self._ctx.loop.at(
+            when, lambda: self._ctx.woken.add(job_id), key=("job", job_id), replace=True
+        )
 
 
 def after_restart(job: Job, now: float) -> Job:

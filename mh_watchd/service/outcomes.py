@@ -84,7 +84,8 @@ class OutcomeApplier:
         outcome = flight.outcome
         assert outcome is not None
         ctx = self._ctx
-        ctx.dirty = True
+        if flight.step != "poll":
+            ctx.dirty = True  # its slot is free (a poll holds none; its writes mark the book)
         if isinstance(outcome.error, Aborted):
             del ctx.in_flight[flight.job_id]  # stopping: the journal's state resumes it
             return

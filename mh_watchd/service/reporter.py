@@ -18,6 +18,8 @@ from mh_watchd.service.jobbook import JobBook
 log = structlog.get_logger("mh_watchd")
 
 PROGRESS_WRITE_SECONDS = 2.0
+# The STATUS line and the job gauges follow the job counts at most this often.
+STATUS_SECONDS = 1.0
 # /healthz fails when the loop has not turned for this long (it turns at least every second).
 LOOP_STALE_SECONDS = 5.0
 
@@ -56,6 +58,8 @@ class Reporter:
         self.progress = progress
         self._stored: dict[int, float] = {}
         self._status_line = ""
+        self._status_sent = -STATUS_SECONDS
+        self._seen: tuple[int, tuple[str | None, ...]] = (-1, ())
 
     def start(self) -> None:
         interval = self._notify.watchdog_interval_seconds()
@@ -87,9 +91,16 @@ class Reporter:
         )
 
     def report(self) -> None:
-        """After each turn: the STATUS line and the job gauges when the counts changed, and
+        """After each turn: when the counts changed, the STATUS line and the job gauges (sent
+        at most every `STATUS_SECONDS`: a busy turn rate never floods systemd or sqlite), and
         a progress timer while transfers run."""
         ctx = self._ctx
+        if self.progress and ctx.loop.due("progress") is None:
+            ctx.loop.after(PROGRESS_WRITE_SECONDS, self._store_progress, key="progress")
+        seen = (self._book.version, tuple(rt.outage for rt in ctx.folders.values()))
+        if seen == self._seen:
+            return
+        self._seen = seen
         counts: dict[str, int] = {}
         for job in self._book.jobs.values():
             counts[job.state.value] = counts.get(job.state.value, 0) + 1
@@ -99,10 +110,13 @@ class Reporter:
             line += f"; outage: {', '.join(outages)}"
         if line != self._status_line:
             self._status_line = line
-            self._notify.status(line)
-            ctx.metrics.set_jobs(ctx.journal.counts_by_folder_and_state())
-        if self.progress and ctx.loop.due("progress") is None:
-            ctx.loop.after(PROGRESS_WRITE_SECONDS, self._store_progress, key="progress")
+            ctx.loop.at(self._status_sent + STATUS_SECONDS, self._send_status, key="status")
+
+    def _send_status(self) -> None:
+        ctx = self._ctx
+        self._status_sent = ctx.monotonic()
+        self._notify.status(self._status_line)
+        ctx.metrics.set_jobs(ctx.journal.counts_by_folder_and_state())
 
     def _store_progress(self) -> None:
         """Write transfer progress for `status` every few seconds (not an event per chunk)."""

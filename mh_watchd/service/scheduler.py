@@ -63,22 +63,40 @@ class Scheduler:
         self._on_done = on_done
 
     def schedule(self) -> None:
-        """One pass over the due jobs that no step holds, in queue order."""
+        """One pass over the due jobs that no step holds, in queue order: every unfinished
+        job when something changed (`ctx.dirty`), else only the jobs whose due time came."""
         ctx = self._ctx
-        if not ctx.dirty or ctx.stopping or ctx.gate.closed:
+        if not (ctx.dirty or ctx.woken) or ctx.stopping or ctx.gate.closed:
             return
+        if ctx.dirty:
+            candidates = self._book.unfinished()
+        else:  # only due times came: the other jobs' facts are as the last pass saw them
+            candidates = [self._book.jobs[i] for i in sorted(ctx.woken) if i in self._book.jobs]
         ctx.dirty = False
+        ctx.woken.clear()
         slots = self._slots()
+        now, mono = ctx.clock(), ctx.monotonic()
+        limit = ctx.config.daemon.daily_credit_limit
+        # One Facts per folder, built again only after something changed the slots.
+        facts: dict[str, Facts] = {}
         daily_held = False
-        for job in self._book.unfinished():
+        for job in candidates:
             assert job.id is not None
-            if job.id in ctx.in_flight or not self._book.is_due(job.id):
+            if job.id in ctx.in_flight or not self._book.is_due(job.id, mono):
                 continue
             daily_held = daily_held or job.hold_reason is HoldReason.DAILY_LIMIT
-            effect = next_effect(job, self._facts(job, slots))
+            spends = job.state is _S.QUEUED or job.hold_reason is HoldReason.DAILY_LIMIT
+            if limit and spends and slots.spent_today is None:
+                slots.spent_today = ctx.journal.credits_spent(local_day(now))
+                facts.clear()
+            fact = facts.get(job.folder)
+            if fact is None:
+                fact = facts[job.folder] = self._facts(job.folder, slots, now)
+            effect = next_effect(job, fact)
             if effect.kind is not EffectKind.NONE:
                 with job_context(job):
                     self._perform(job, effect, slots)
+                facts.clear()
         if daily_held:
             ctx.loop.after(DAILY_LIMIT_RECHECK_SECONDS, self._wake, key="daily-limit")
 
@@ -101,15 +119,11 @@ class Scheduler:
             ),
         )
 
-    def _facts(self, job: Job, slots: _Slots) -> Facts:
+    def _facts(self, folder: str, slots: _Slots, now: float) -> Facts:
         ctx = self._ctx
         config = ctx.config
-        now = ctx.clock()
-        rt = ctx.folders.get(job.folder)
+        rt = ctx.folders.get(folder)
         limit = config.daemon.daily_credit_limit
-        spends = job.state is _S.QUEUED or job.hold_reason is HoldReason.DAILY_LIMIT
-        if limit and spends and slots.spent_today is None:
-            slots.spent_today = ctx.journal.credits_spent(local_day(now))
         return Facts(
             now=now,
             folder_configured=rt is not None,
