@@ -106,36 +106,8 @@ class FilesystemFacts:
         return limit, in_use
 
     def count_dirs(self, root: Path, limit: int) -> int:
-        """Return how many directories `root` holds, itself included, counting up to `limit`.
-
-        Symlinks are not followed; unreadable subdirectories count but are not entered. 0 when
-        `root` is not a directory.
-        """
-        if limit <= 0:
-            return 0
-        try:
-            if not stat.S_ISDIR(os.stat(root).st_mode):
-                return 0
-        except OSError:
-            return 0
-        count = 1
-        pending = [os.fspath(root)]
-        while pending and count < limit:
-            try:
-                with os.scandir(pending.pop()) as entries:
-                    for entry in entries:
-                        try:
-                            is_dir = entry.is_dir(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        if is_dir:
-                            count += 1
-                            if count >= limit:
-                                return limit
-                            pending.append(entry.path)
-            except OSError:
-                continue  # vanished or unreadable mid-walk
-        return min(count, limit)
+        """Return how many directories `root` holds, itself included (see `count_dirs`)."""
+        return count_dirs(root, limit)
 
 
 def _is_under(target: str, root: str) -> bool:
@@ -187,3 +159,37 @@ def _open_for_writing(fdinfo: Path) -> bool:
                 return False
             return flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
     return False
+
+
+def count_dirs(root: Path, limit: int) -> int:
+    """Return how many directories `root` holds, itself included, counting up to `limit`.
+
+    Symlinks are not followed and nothing is pruned (a native recursive watch covers every
+    directory); unreadable subdirectories count but are not entered. 0 when `root` is missing
+    or not a directory. Never raises OSError.
+    """
+    if limit <= 0:
+        return 0
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):
+            return 0
+    except OSError:
+        return 0
+    count = 1
+    pending = [os.fspath(root)]
+    while pending and count < limit:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if is_dir:
+                        count += 1
+                        if count >= limit:
+                            return limit
+                        pending.append(entry.path)
+        except OSError:
+            continue  # vanished or unreadable mid-walk
+    return min(count, limit)

@@ -44,6 +44,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
 from watchdog.utils import UnsupportedLibcError
 
+# One walk for the filesystem's count and the watcher's (re-exported: callers import it here).
+from mh_watchd.adapters.fs_facts import count_dirs as count_dirs
+
 log = structlog.get_logger(__name__)
 
 ROOT = PurePosixPath(".")
@@ -130,33 +133,6 @@ def scan_tree(
             except OSError:
                 continue  # gone between the listing and the stat
             yield PurePosixPath(rel, entry.name), st
-
-
-def count_dirs(root: Path, limit: int) -> int:
-    """Return how many directories `root` holds, itself included, stopping at `limit`.
-
-    Symlinks are not followed and nothing is pruned (a native recursive watch covers every
-    directory). Unreadable subdirectories still count, their contents do not; a root that is
-    missing or not a directory counts 0. Never raises OSError.
-    """
-    try:
-        if not stat.S_ISDIR(os.stat(root).st_mode):
-            return 0
-    except OSError:
-        return 0
-    count = 1
-    stack = [os.fspath(root)]
-    while stack and count < limit:
-        path = stack.pop()
-        try:
-            with os.scandir(path) as it:
-                for entry in it:
-                    if entry.is_dir(follow_symlinks=False):
-                        count += 1
-                        stack.append(entry.path)
-        except OSError:
-            continue
-    return min(count, limit)
 
 
 # -------------------------------------------------------------------------------- native events

@@ -18,7 +18,6 @@ from mh_watchd.adapters.watcher import (
     FsEvent,
     NativeWatcher,
     Poller,
-    count_dirs,
     scan_tree,
 )
 from mh_watchd.core.config import FolderConfig
@@ -136,29 +135,28 @@ class FolderSupervisor:
     def apply(self, check: FolderCheck) -> None:
         """Take in what a check found: an outage starting or ending, roots coming and going."""
         rt = self.rt
-        self._ctx.dirty = True  # holds and releases depend on what the folder can do
         if check.outage != rt.outage:
+            self._ctx.dirty = True  # holds and releases depend on what the folder can do
             self._outage_changed(check.outage)
         if check.outage:
             return  # the roots were not looked at: what is known of them stays
         if check.output_problem != rt.output_problem:
-            if check.output_problem:
-                log.warning(
-                    "folder.output_unavailable", folder=self.name, reason=check.output_problem
-                )
-            else:
-                log.info("folder.output_available", folder=self.name)
+            self._root_changed("folder.output", check.output_problem)
             rt.output_problem = check.output_problem
         if check.failed_problem != rt.failed_problem:
-            if check.failed_problem:
-                log.warning(
-                    "folder.failed_unavailable", folder=self.name, reason=check.failed_problem
-                )
-            else:
-                log.info("folder.failed_available", folder=self.name)
+            self._root_changed("folder.failed", check.failed_problem)
             rt.failed_problem = check.failed_problem
         if not rt.failed_problem:
             self._on_usable(rt)
+
+    def _root_changed(self, event: str, problem: str | None) -> None:
+        """An output root went away or came back: logged as `<event>_unavailable|_available`
+        (folder.output_*, folder.failed_*)."""
+        self._ctx.dirty = True
+        if problem:
+            log.warning(f"{event}_unavailable", folder=self.name, reason=problem)
+        else:
+            log.info(f"{event}_available", folder=self.name)
 
     def _outage_changed(self, outage: str | None) -> None:
         rt, ctx = self.rt, self._ctx
@@ -226,7 +224,7 @@ class FolderSupervisor:
         mode, reason = choose_watch_mode(folder.observer, self._ctx.fs.fs_type(root))
         if mode == "native" and folder.recursive:
             max_watches, in_use = self._ctx.fs.inotify_limits()
-            dirs = count_dirs(root, limit=1_000_000)
+            dirs = self._ctx.fs.count_dirs(root, 1_000_000)
             if not inotify_fits(dirs, in_use, max_watches):
                 mode = "polling"
                 reason = (

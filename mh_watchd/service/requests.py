@@ -29,6 +29,15 @@ REQUEST_CHECK_SECONDS = 1.0
 _S = JobState
 
 Found = tuple[str, os.stat_result | None]
+# A job that starts its render over: no project, no cost booked to it, no render status.
+NO_RENDER: dict[str, Any] = dict(
+    project_id=None,
+    render_started_at=None,
+    render_status=None,
+    credits_charged=None,
+    credits_final=None,
+    credits_day=None,
+)
 
 
 class RequestHandler:
@@ -148,17 +157,7 @@ class RequestHandler:
                     credits=job.credits_estimate or 0,
                     at=now,
                 )
-            new = transition(
-                job,
-                _S.QUEUED,
-                project_id=None,
-                render_started_at=None,
-                render_status=None,
-                credits_charged=None,
-                credits_final=None,
-                credits_day=None,
-                **reset,
-            )
+            new = transition(job, _S.QUEUED, **NO_RENDER, **reset)
             self._book.save(
                 new, "job.retried", {"from": job.hold_reason.value if job.hold_reason else ""}
             )
@@ -182,15 +181,10 @@ class RequestHandler:
             mtime_ns=mtime_ns,
             inode=inode,
             sha256=None,
-            project_id=None,
             upload_file_path=None,
             uploaded_at=None,
-            credits_charged=None,
-            credits_final=None,
-            credits_day=None,
-            render_started_at=None,
-            render_status=None,
             outputs=(),
+            **NO_RENDER,
             attempts=0,
             due_at=None,
             last_error=None,
