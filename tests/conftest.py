@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,20 @@ def no_leaked_threads() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not leaked, f"threads leaked by the test: {[t.name for t in leaked]}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say plainly which tests could not run here (a system package missing, say), so a run
+    on a bare machine is never mistaken for a full one. CI installs what they need."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.write_sep("=", "NOT RUN on this machine", yellow=True, bold=True)
+    for reason, count in sorted(reasons.items()):
+        terminalreporter.write_line(f"{count} test(s): {reason}")
