@@ -510,6 +510,27 @@ def test_file_failure_creates_the_default_failed_root_inside_the_inbox(world: Wo
     assert (failed / "sub" / "x.mp4.error.json").is_file()
 
 
+def test_filing_again_after_the_journal_lost_the_path_reuses_the_first_report(
+    world: World,
+) -> None:
+    """The journal refused the write recording where the original went; the next start
+    files the job again: same place, one report, no ` (2)` copy."""
+    original = world.inbox / "x.mp4"
+    original.write_bytes(b"bytes")
+    failed = world.inbox / ".mh-failed"
+    job = world.job("x.mp4", os.lstat(original), paths={"failed": failed}, state=JobState.FAILED)
+    failed.mkdir()
+    (failed / "x.mp4.error.json").write_text('{"job_id": 999}')  # another job's report
+    (failed / "x.mp4").write_bytes(b"another job's original")
+
+    first = world.runner.file_failure(job, "not a readable video", request="probe", service=None)
+    again = world.runner.file_failure(job, "not a readable video", request="probe", service=None)
+
+    assert first == again == str(failed / "x (2).mp4")
+    assert tree(failed) == {"x.mp4", "x.mp4.error.json", "x (2).mp4", "x (2).mp4.error.json"}
+    assert (failed / "x (2).mp4").read_bytes() == b"bytes"
+
+
 def test_restore_failed_never_moves_a_link_into_the_inbox(world: World) -> None:
     failed = world.tmp / "failed"
     failed.mkdir()

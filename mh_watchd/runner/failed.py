@@ -23,6 +23,15 @@ from mh_watchd.runner.paths import (
 )
 
 
+def _reported_for(sidecar: Path, job: Job) -> bool:
+    """True when `sidecar` is the `.error.json` this very job wrote."""
+    try:
+        report = json.loads(sidecar.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("job_id") == job.id and job.id is not None
+
+
 class FailedFolder:
     """Files failed originals away and restores them. Safe to call from a worker thread."""
 
@@ -43,6 +52,10 @@ class FailedFolder:
             for candidate in naming.collision_candidates(rel.name):
                 path = failed_dir / naming.fit_name(candidate, reserve=NAME_RESERVE_BYTES)
                 sidecar = path.with_name(naming.error_json_name(path.name))
+                if _reported_for(sidecar, job) and not self._fs.stat(source):
+                    # Filed before, but the journal could not record where: the same place.
+                    target = path
+                    break
                 if not path.exists() and not sidecar.exists():
                     target = path
                     break
