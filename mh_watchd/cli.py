@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="journal id or project id")
     p.add_argument("--failed", action="store_true", help="every failed job")
     p.add_argument("--held", action="store_true", help="every held job")
+    p = sub.add_parser("web", help="serve the web page read-only from the journal")
+    with_config(p)
+    p.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="host:port to serve on (default: daemon.http_listen, else 127.0.0.1:9309)",
+    )
     p = sub.add_parser("emulator", help="run the Magic Hour API emulator")
     emulator.add_arguments(p)
     sub.add_parser("demo", help="the whole product offline, against the emulator")
@@ -137,6 +144,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_status(args)
         if args.command == "retry":
             return cmd_retry(args, parser)
+        if args.command == "web":
+            return cmd_web(args)
         if args.command == "emulator":
             from mh_watchd import emulator
 
@@ -187,7 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_config_error(exc, path)
         return EX_CONFIG
     assert isinstance(config, Config)
-    logs.configure_logging(log_format=config.daemon.log_format, secrets=[token] if token else [])
+    secrets = [s for s in (token, config.daemon.http_token) if s]
+    logs.configure_logging(log_format=config.daemon.log_format, secrets=secrets)
     log = structlog.get_logger("mh_watchd")
     for warning in config.warnings:
         log.warning("config.warning", message=warning)
@@ -315,15 +325,71 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    """`web`: the web page, read-only, from the journal alone, until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from mh_watchd.adapters import config_file, logs
+    from mh_watchd.adapters.http_status import StatusServer
+    from mh_watchd.adapters.journal import Journal
+    from mh_watchd.core.config import DEFAULT_HTTP_LISTEN, is_loopback_listen
+    from mh_watchd.core.errors import ConfigError, StateDirError
+    from mh_watchd.web import WebApp
+
+    path = config_file.config_path(args.config, os.environ)
+    try:
+        config = config_file.load(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EX_CONFIG
+    listen = args.listen or config.daemon.http_listen or DEFAULT_HTTP_LISTEN
+    if not is_loopback_listen(listen) and not config.daemon.http_token:
+        return _fail(
+            f"--listen {listen!r} is reachable from other machines: set daemon.http_token in "
+            f"{path} (make one with `openssl rand -hex 24`), or listen on 127.0.0.1",
+            EX_CONFIG,
+        )
+    logs.configure_logging(
+        log_format=config.daemon.log_format,
+        secrets=[config.daemon.http_token] if config.daemon.http_token else [],
+    )
+    try:
+        journal = Journal.open(Path(str(config.daemon.state_dir)), readonly=True)
+    except StateDirError as exc:
+        return _fail(f"{exc} (has the daemon run yet?)", EX_UNAVAILABLE)
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    server = StatusServer(
+        listen, health=None, metrics=None, web=WebApp(journal, lambda: config, writable=False)
+    )
+    try:
+        if not server.start():
+            return _fail(f"cannot serve on {listen}: {server.error}", EX_UNAVAILABLE)
+        host, port = server.address
+        print(f"http://{'[' + host + ']' if ':' in host else host}:{port}/ (read-only)", flush=True)
+        stop.wait()
+    finally:
+        server.stop()
+        journal.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EX_OK
+
+
 def cmd_retry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """`retry`: write retry requests to the journal; a running daemon acts within seconds."""
+    """`retry`: write retry requests to the journal; a running daemon acts within seconds.
+
+    The web page's Retry buttons go through the same `retries.request_retries`.
+    """
     import time
 
     from mh_watchd.adapters import config_file
     from mh_watchd.adapters.journal import Journal
     from mh_watchd.core.errors import ConfigError, StateDirError
-    from mh_watchd.core.jobs import HoldReason, JobState
-    from mh_watchd.report import is_superseded, superseded_message
+    from mh_watchd.retries import request_retries
 
     if not args.job_ids and not args.failed and not args.held:
         sys.stderr.write("mh-watchd retry: give JOB_ID..., --failed or --held\n")
@@ -339,53 +405,22 @@ def cmd_retry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except StateDirError as exc:
         return _fail(str(exc), EX_UNAVAILABLE)
     try:
-        targets = []
-        bad = []
-        for raw in args.job_ids:
-            job = journal.get(int(raw)) if raw.isdigit() else journal.by_project_id(raw)
-            if job is None:
-                bad.append(f"{raw}: no such job")
-            elif is_superseded(job):
-                # Never retried: its file is gone or changed; the newer content is its own job.
-                bad.append(
-                    superseded_message(job, journal.latest_for_path(job.folder, job.rel_path))
-                )
-            elif job.state not in (JobState.FAILED, JobState.HELD, JobState.DONE):
-                bad.append(f"{raw}: {job.state.value}, not failed, held or done; nothing to retry")
-            else:
-                targets.append(job)
-        if args.failed:
-            targets += [j for j in journal.jobs(states=[JobState.FAILED]) if not is_superseded(j)]
-        if args.held:
-            targets += journal.jobs(states=[JobState.HELD])
-        for line in bad:
-            sys.stderr.write(f"mh-watchd retry: {line}\n")
-        if bad:
-            return EX_DATAERR
-        now = time.time()
-        for job in targets:
-            assert job.id is not None
-            if job.hold_reason is HoldReason.AMBIGUOUS_CREATE:
-                print(
-                    f"job {job.id}: a create may already have reached Magic Hour. Look for a "
-                    f"project named {job.service_name!r} in the web app before paying twice; "
-                    "creating again now."
-                )
-            journal.add_request("retry", job.id, at=now)
-            print(f"job {job.id} ({job.folder}/{job.rel_path}, {job.state.value}): retry requested")
-        if not targets:
-            print("nothing to retry")
-        pid = journal.get_meta("daemon_pid")
-        running = False
-        if pid and pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-                running = True
-            except OSError:
-                running = False
-        if targets and not running:
-            print("the daemon is not running: it acts on these requests when it starts")
+        outcome = request_retries(
+            journal, job_ids=args.job_ids, failed=args.failed, held=args.held, now=time.time()
+        )
     finally:
         journal.close()
+    for line in outcome.problems:
+        sys.stderr.write(f"mh-watchd retry: {line}\n")
+    if not outcome.ok:
+        return EX_DATAERR
+    for target in outcome.requested:
+        if target.warning:
+            print(target.warning)
+        print(f"job {target.id} ({target.folder}/{target.file}, {target.state}): retry requested")
+    if not outcome.requested:
+        print("nothing to retry")
+    elif not outcome.daemon_running:
+        print("the daemon is not running: it acts on these requests when it starts")
     _ = parser
     return EX_OK

@@ -368,7 +368,14 @@ class Daemon:
         listen = self.config.daemon.http_listen
         if not listen:
             return
-        server = StatusServer(listen, health=self.reporter.health, metrics=self.ctx.metrics)
+        from mh_watchd.web import WebApp
+
+        # The page reads and writes the daemon's own journal (thread-safe); `config` is read
+        # per request, so a reload's new http_token applies at once.
+        web = WebApp(self.journal, lambda: self.config, writable=True, health=self.reporter.health)
+        server = StatusServer(
+            listen, health=self.reporter.health, metrics=self.ctx.metrics, web=web
+        )
         if server.start():
             self.servers.append(server)
             log.info("http.listening", listen=listen)

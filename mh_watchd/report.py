@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import stat
 import time
+from pathlib import Path
 from typing import Any
 
 from mh_watchd.adapters.journal import Journal
+from mh_watchd.core import naming
 from mh_watchd.core.config import Config
 from mh_watchd.core.jobs import HoldReason, Job, JobState
 
@@ -111,16 +115,7 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
     for job in failed_jobs:
         if is_superseded(job):
             continue
-        failed.append(
-            {
-                "id": job.id,
-                "folder": job.folder,
-                "file": job.rel_path,
-                "why": job.last_error or "no reason was recorded; see the .error.json beside it",
-                "failed_path": job.failed_path,
-                "project_id": job.project_id,
-            }
-        )
+        failed.append(_failed_row(job))
     day = time.strftime("%Y-%m-%d", time.localtime(now))
     tomorrow = dt.datetime.combine(
         dt.date.fromisoformat(day) + dt.timedelta(days=1), dt.time()
@@ -131,12 +126,79 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
         "active": active,
         "held": held,
         "failed": failed,
+        "recent": recent_deliveries(journal),
         "credits": {
             "day": day,
             "spent_today": journal.credits_spent(day),
             "daily_limit": config.daemon.daily_credit_limit,
             "resets_at": tomorrow.isoformat(timespec="seconds"),
         },
+    }
+
+
+# How many delivered jobs the report lists, newest first, and how much of an .error.json it reads.
+RECENT_DELIVERIES = 10
+ERROR_REPORT_MAX_BYTES = 16 * 1024
+
+
+def recent_deliveries(journal: Journal, limit: int = RECENT_DELIVERIES) -> list[dict[str, Any]]:
+    """The newest `done` jobs (by when they finished), with where their outputs went."""
+    done = journal.newest(JobState.DONE, limit)
+    return [
+        {
+            "id": job.id,
+            "folder": job.folder,
+            "file": job.rel_path,
+            "delivered_at": _iso(job.updated_at),
+            "outputs": [o.final_path for o in job.outputs if o.final_path],
+            "original": job.archive_path,
+            "credits": job.credits_final or job.credits_charged,
+        }
+        for job in done
+    ]
+
+
+def error_report_path(job: Job) -> Path | None:
+    """Where the failed folder put this job's `<name>.error.json`, None when it has none."""
+    if not job.failed_path:
+        return None
+    failed = Path(job.failed_path)
+    return failed.with_name(naming.error_json_name(failed.name))
+
+
+def read_error_report(path: Path) -> dict[str, Any] | str | None:
+    """The report's JSON object (its text if it is not JSON), None when it is not there.
+
+    Opened without following links and only as a regular file, at most 16 KiB: a link
+    planted in a failed folder never shows another file on the page.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        data = f.read(ERROR_REPORT_MAX_BYTES)
+    text = data.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text
+    return parsed if isinstance(parsed, dict) else text
+
+
+def _failed_row(job: Job) -> dict[str, Any]:
+    report_path = error_report_path(job)
+    return {
+        "id": job.id,
+        "folder": job.folder,
+        "file": job.rel_path,
+        "why": job.last_error or "no reason was recorded; see the .error.json beside it",
+        "failed_path": job.failed_path,
+        "project_id": job.project_id,
+        "error_json_path": str(report_path) if report_path else None,
+        "error_json": read_error_report(report_path) if report_path else None,
     }
 
 
@@ -214,6 +276,7 @@ def build_held_row(job: Job) -> dict[str, Any]:
         "file": job.rel_path,
         "hold_reason": job.hold_reason.value if job.hold_reason else None,
         "why": job.last_error or hold_explanation(job),
+        "what_to_do": hold_explanation(job),
         "resumes_as": job.resume_state.value if job.resume_state else None,
         "project_id": job.project_id,
         "service_name": job.service_name,

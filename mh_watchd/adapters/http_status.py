@@ -1,8 +1,10 @@
-"""GET /healthz and GET /metrics on a small stdlib HTTP server in its own thread.
+"""GET /healthz and GET /metrics on a small stdlib HTTP server in its own thread, and every
+other path handed to an optional `web` handler (the web page and /api/, `mh_watchd.web`).
 
 The daemon hands in a `health` callable (answered fresh on every request) and its `Metrics`.
-A listen address that cannot be bound is not fatal: `start()` returns False, `error` says why,
-and the daemon runs on without the endpoint.
+/healthz and /metrics never ask for a token; the web handler does its own checks. A listen
+address that cannot be bound is not fatal: `start()` returns False, `error` says why, and the
+daemon runs on without the endpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +31,34 @@ class HealthReport:
     reasons: tuple[str, ...] = ()
     outages: tuple[str, ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WebRequest:
+    """One request for the web handler: header names lowercased, the body read in full."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+    client_ip: str
+
+
+@dataclass(frozen=True)
+class WebResponse:
+    """The web handler's answer; `headers` are sent as they are (Set-Cookie, Location...)."""
+
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+WebHandler = Callable[[WebRequest], WebResponse]
+
+# Bodies above this are refused unread (the API's requests are a few hundred bytes).
+MAX_BODY_BYTES = 64 * 1024
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -75,15 +105,51 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
-        if path == "/healthz":
+        owner = self.server.owner
+        if path == "/healthz" and owner.health is not None:
             self._health()
-        elif path == "/metrics":
-            body = generate_latest(self.server.owner.metrics.registry)
+        elif path == "/metrics" and owner.metrics is not None:
+            body = generate_latest(owner.metrics.registry)
             self._reply(200, CONTENT_TYPE_LATEST, body)
         else:
+            self._web("GET")
+
+    def do_POST(self) -> None:
+        self._web("POST")
+
+    def do_HEAD(self) -> None:
+        self._reply(405, "application/json", b'{"status":"method not allowed"}\n')
+
+    def _web(self, method: str) -> None:
+        web = self.server.owner.web
+        if web is None:
             self._reply(404, "application/json", b'{"status":"not found"}\n')
+            return
+        length_text = self.headers.get("Content-Length", "0") or "0"
+        length = int(length_text) if length_text.isdigit() else -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._reply(413, "text/plain; charset=utf-8", b"request body too large\n")
+            return
+        path, _, query = self.path.partition("?")
+        request = WebRequest(
+            method=method,
+            path=path,
+            query=query,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=self.rfile.read(length) if length else b"",
+            client_ip=str(self.client_address[0]),
+        )
+        try:
+            response = web(request)
+        except Exception as exc:  # one bad request must never take the server thread down
+            body = f"internal error: {type(exc).__name__}\n".encode()
+            self._reply(500, "text/plain; charset=utf-8", body)
+            return
+        self._reply(response.status, response.content_type, response.body, response.headers)
 
     def _health(self) -> None:
+        assert self.server.owner.health is not None
         try:
             report = self.server.owner.health()
         except Exception as exc:  # a broken probe is itself a reason to be unhealthy
@@ -96,11 +162,19 @@ class _Handler(BaseHTTPRequestHandler):
         data = (json.dumps(body, default=str, sort_keys=True) + "\n").encode("utf-8")
         self._reply(200 if report.healthy else 503, "application/json", data)
 
-    def _reply(self, status: int, content_type: str, body: bytes) -> None:
+    def _reply(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -110,14 +184,21 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class StatusServer:
-    """Serves /healthz and /metrics on `listen` ("host:port") from a background thread."""
+    """Serves /healthz, /metrics and the `web` handler on `listen` ("host:port") from a
+    background thread. Without `health` or `metrics` that path goes to `web` (or is 404)."""
 
     def __init__(
-        self, listen: str, *, health: Callable[[], HealthReport], metrics: Metrics
+        self,
+        listen: str,
+        *,
+        health: Callable[[], HealthReport] | None,
+        metrics: Metrics | None,
+        web: WebHandler | None = None,
     ) -> None:
         self.listen = listen
         self.health = health
         self.metrics = metrics
+        self.web = web
         self.error: str | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -102,6 +102,14 @@ class JobRecords(JournalConnection):
         """Return the job that owns this Magic Hour project id, or None."""
         return self._one("SELECT * FROM jobs WHERE project_id = ?", (project_id,))
 
+    def newest(self, state: JobState, limit: int) -> list[Job]:
+        """The `limit` jobs in `state` changed last, newest first (a bounded query: a year's
+        journal holds tens of thousands of done jobs, and the web page asks every few seconds)."""
+        return self._many(
+            "SELECT * FROM jobs WHERE state = ? ORDER BY updated_at DESC, id DESC LIMIT ?",
+            (state.value, limit),
+        )
+
     def jobs(
         self, *, states: Collection[JobState] | None = None, folder: str | None = None
     ) -> list[Job]:

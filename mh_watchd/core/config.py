@@ -9,6 +9,7 @@ Pure: no I/O, no environment; relative paths are resolved against a `base_dir` a
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 import urllib.parse
@@ -57,7 +58,7 @@ API_KEYS: tuple[str, ...] = (
 DAEMON_KEYS: tuple[str, ...] = (
     "state_dir", "max_parallel_uploads", "max_active_renders", "daily_credit_limit",
     "settle_seconds", "rescan_seconds", "observer", "log_format", "http_listen", "umask",
-    "stop_grace_seconds",
+    "stop_grace_seconds", "http_token",
 )  # fmt: skip
 STYLE_KEYS: tuple[str, ...] = ("art_style", "model", "prompt", "prompt_type", "version")
 # Keys a preset (or an inline [folder.style]) may set besides the style itself; folder keys of
@@ -109,6 +110,8 @@ class DaemonConfig:
     umask: int = DEFAULT_UMASK
     # On SIGTERM no new step starts; steps in flight get this long to finish.
     stop_grace_seconds: float = 60.0
+    # The web page's and /api/'s shared secret; required off loopback. Never logged or shown.
+    http_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -533,10 +536,51 @@ def _parse_http_listen(reader: _Reader) -> str:
     return DEFAULT_HTTP_LISTEN
 
 
+HTTP_TOKEN_MIN_LENGTH = 16
+
+
+def is_loopback_listen(listen: str) -> bool:
+    """True when "host:port" binds only this machine (127.0.0.0/8, ::1, localhost).
+
+    An empty host (":9309") or 0.0.0.0 / [::] means every interface: not loopback.
+    """
+    host = listen.strip().rpartition(":")[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _parse_http_token(reader: _Reader, listen: str) -> str:
+    """`daemon.http_token`, required when `listen` is reachable from other machines.
+
+    Problems never repeat the token's value.
+    """
+    token = reader.string("http_token", "")
+    if token and (len(token) < HTTP_TOKEN_MIN_LENGTH or token != token.strip()):
+        reader.problem(
+            "http_token",
+            f"must be at least {HTTP_TOKEN_MIN_LENGTH} characters without surrounding spaces; "
+            "make one with `openssl rand -hex 24`",
+        )
+        return ""
+    if listen and not token and not is_loopback_listen(listen):
+        reader.problem(
+            "http_token",
+            f"required because http_listen {listen!r} is reachable from other machines: set "
+            "daemon.http_token (make one with `openssl rand -hex 24`), or bind http_listen to "
+            '"127.0.0.1:9309" (or "" to turn it off)',
+        )
+    return token
+
+
 def _parse_daemon(
     raw: Mapping[str, Any], report: _Report, base_dir: PurePosixPath | None
 ) -> DaemonConfig:
     reader = _Reader(raw, "daemon", DAEMON_KEYS, report)
+    http_listen = _parse_http_listen(reader)
     return DaemonConfig(
         state_dir=reader.opt_path("state_dir", base_dir) or DEFAULT_STATE_DIR,
         max_parallel_uploads=reader.integer("max_parallel_uploads", 2, minimum=1),
@@ -546,9 +590,10 @@ def _parse_daemon(
         rescan_seconds=reader.number("rescan_seconds", 300.0, positive=True),
         observer=reader.choice("observer", "auto", OBSERVERS, "an observer"),
         log_format=reader.choice("log_format", "auto", LOG_FORMATS, "a log format"),
-        http_listen=_parse_http_listen(reader),
+        http_listen=http_listen,
         umask=_parse_umask(reader),
         stop_grace_seconds=reader.number("stop_grace_seconds", 60.0),
+        http_token=_parse_http_token(reader, http_listen),
     )
 
 

@@ -1,4 +1,5 @@
-"""http_status: a real server on a loopback port answers /healthz and /metrics."""
+"""http_status: a real server on a loopback port answers /healthz and /metrics, and hands
+every other request to the web handler."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from mh_watchd.adapters.http_status import HealthReport, StatusServer, parse_listen
+from mh_watchd.adapters.http_status import (
+    MAX_BODY_BYTES,
+    HealthReport,
+    StatusServer,
+    WebRequest,
+    WebResponse,
+    parse_listen,
+)
 from mh_watchd.adapters.metrics import Metrics
 
 
@@ -191,3 +199,62 @@ def test_parse_listen_accepts_host_port_forms(listen: str, expected: tuple[str, 
 def test_parse_listen_rejects_malformed_addresses(listen: str) -> None:
     with pytest.raises(ValueError):
         parse_listen(listen)
+
+
+class _Web:
+    """A web handler that records what it was handed and answers a fixed response."""
+
+    def __init__(self) -> None:
+        self.requests: list[WebRequest] = []
+
+    def __call__(self, request: WebRequest) -> WebResponse:
+        self.requests.append(request)
+        if request.path == "/boom":
+            raise RuntimeError("a bug in a page")
+        return WebResponse(201, "text/plain", b"page", (("X-Test", "yes"),))
+
+
+@pytest.fixture
+def web_client(health: _Health, metrics: Metrics) -> Iterator[tuple[httpx.Client, _Web]]:
+    web = _Web()
+    srv = StatusServer("127.0.0.1:0", health=health, metrics=metrics, web=web)
+    assert srv.start() is True, srv.error
+    host, port = srv.address
+    try:
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=5.0) as http:
+            yield http, web
+    finally:
+        srv.stop()
+
+
+def test_other_paths_and_posts_go_to_the_web_handler_healthz_and_metrics_stay_open(
+    web_client: tuple[httpx.Client, _Web],
+) -> None:
+    http, web = web_client
+    assert http.get("/healthz").status_code == 200  # never handed to the web handler
+    assert http.get("/metrics").status_code == 200
+    assert web.requests == []
+    response = http.post("/api/retry?x=1", content=b'{"failed": true}', headers={"X-A": "b"})
+    assert (response.status_code, response.text, response.headers["x-test"]) == (201, "page", "yes")
+    request = web.requests[0]
+    assert (request.method, request.path, request.query) == ("POST", "/api/retry", "x=1")
+    assert request.body == b'{"failed": true}'
+    assert request.headers["x-a"] == "b" and request.client_ip == "127.0.0.1"
+    assert http.get("/").status_code == 201
+
+
+def test_a_web_handler_that_raises_answers_500_and_the_server_runs_on(
+    web_client: tuple[httpx.Client, _Web],
+) -> None:
+    http, _ = web_client
+    response = http.get("/boom")
+    assert response.status_code == 500 and "RuntimeError" in response.text
+    assert "a bug in a page" not in response.text  # no detail that could carry a secret
+    assert http.get("/healthz").status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_unread(web_client: tuple[httpx.Client, _Web]) -> None:
+    http, web = web_client
+    response = http.post("/api/retry", content=b"x" * (MAX_BODY_BYTES + 1))
+    assert response.status_code == 413
+    assert web.requests == []

@@ -39,6 +39,7 @@ from mh_watchd.core.jobs import (
     hold,
     transition,
 )
+from tests.factories import job_in
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 S = JobState
@@ -757,3 +758,16 @@ def test_four_threads_saving_through_one_journal(journal: Journal) -> None:
         assert [e.detail for e in events[1:]] == [{"i": i} for i in range(rounds)]
         final = journal.get(job.id)
         assert final is not None and (final.state, final.attempts) == (S.QUEUED, rounds - 1)
+
+
+def test_newest_lists_the_last_changed_jobs_of_a_state_first(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    try:
+        for i, at in enumerate((30.0, 10.0, 20.0)):
+            job = job_in(JobState.DONE, rel_path=f"{i}.mp4", updated_at=at, created_at=at)
+            journal.insert(job, event="job.done", detail={})
+        journal.insert(job_in(JobState.QUEUED, rel_path="q.mp4"), event="job.queued", detail={})
+        newest = journal.newest(JobState.DONE, 2)
+        assert [(j.rel_path, j.updated_at) for j in newest] == [("0.mp4", 30.0), ("2.mp4", 20.0)]
+    finally:
+        journal.close()

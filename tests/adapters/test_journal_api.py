@@ -34,6 +34,7 @@ PUBLIC_METHODS = {
     "get",
     "by_project_id",
     "jobs",
+    "newest",
     "unfinished",
     "latest_for_path",
     "find_done_version",

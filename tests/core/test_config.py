@@ -202,7 +202,13 @@ def test_relative_paths_resolve_against_base_dir_and_dotdot_collapses() -> None:
         ([(("daemon", "umask"), "0")], "umask", 0),
         ([(("daemon", "http_listen"), "")], "http_listen", ""),
         ([(("daemon", "http_listen"), "[::1]:9000")], "http_listen", "[::1]:9000"),
-        ([(("daemon", "http_listen"), "0.0.0.0:65535")], "http_listen", "0.0.0.0:65535"),
+        (
+            [(("daemon", "http_listen"), "0.0.0.0:65535"), (("daemon", "http_token"), "t" * 16)],
+            "http_listen",
+            "0.0.0.0:65535",
+        ),
+        ([(("daemon", "http_listen"), "localhost:9000")], "http_token", ""),
+        ([(("daemon", "http_listen"), "127.0.0.2:9000")], "http_token", ""),
         (
             [(("api", "base_url"), "http://127.0.0.1:8080/p/")],
             "base_url",
@@ -701,6 +707,29 @@ RULES: list[Rule] = [
         minimal(),
         [(("daemon", "log_format"), "jsonl")],
         "daemon.log_format: 'jsonl' is not a log format; did you mean 'json'?",
+    ),
+    (
+        "http_token_required_off_loopback",
+        minimal(),
+        [(("daemon", "http_listen"), "0.0.0.0:9309")],
+        "daemon.http_token: required because http_listen '0.0.0.0:9309' is reachable from other "
+        "machines: set daemon.http_token (make one with `openssl rand -hex 24`), or bind "
+        'http_listen to "127.0.0.1:9309" (or "" to turn it off)',
+    ),
+    (
+        "http_token_required_for_a_host_name",
+        minimal(),
+        [(("daemon", "http_listen"), "nas.local:9309")],
+        "daemon.http_token: required because http_listen 'nas.local:9309' is reachable from "
+        "other machines: set daemon.http_token (make one with `openssl rand -hex 24`), or bind "
+        'http_listen to "127.0.0.1:9309" (or "" to turn it off)',
+    ),
+    daemon_rule(
+        "http_token_too_short",
+        "http_token",
+        "short-secret",
+        "daemon.http_token: must be at least 16 characters without surrounding spaces; make one "
+        "with `openssl rand -hex 24`",
     ),
     *[
         daemon_rule(
