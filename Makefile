@@ -54,3 +54,24 @@ chaos: $(STAMP)
 	print("chaos summary (%d scenarios, results in %s): files %d, kills %d, faults injected %d, create requests %d, duplicates %d (must be 0), lost %d (must be 0)" % (len(d["scenarios"]), sys.argv[1], t["files"], t["kills"], t["faults"], t["create_requests"], t["duplicates"], t["lost"])); \
 	sys.exit(1 if t["duplicates"] or t["lost"] else 0)' "$$results" || rc=1; \
 	exit $$rc
+
+# The container image (Containerfile), with podman or docker, whichever is installed (podman
+# first; ENGINE= picks one). BASE= the base image, IMAGE= the tag. WHEELS=prebuilt makes the
+# wheels here with the venv's pip and builds from them alone, for a build without network (the
+# base's Python must then match this venv's). podman builds in docker format: OCI images have
+# no HEALTHCHECK.
+IMAGE ?= localhost/mh-watchd:latest
+BASE ?= python:3.12-slim
+WHEELS ?= build
+ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
+.PHONY: image
+image:
+	@test -n "$(ENGINE)" || { echo "make image: neither podman nor docker is installed" >&2; exit 69; }
+	@if [ "$(WHEELS)" = prebuilt ]; then \
+		$(MAKE) --no-print-directory $(STAMP) && rm -f container/wheels/*.whl && \
+		$(BIN)/python -m pip wheel --quiet --wheel-dir container/wheels . tzdata || exit 1; \
+	fi
+	$(ENGINE) build $(if $(findstring podman,$(notdir $(ENGINE))),--format docker) \
+		--build-arg BASE=$(BASE) --build-arg WHEELS=$(WHEELS) \
+		--build-arg VERSION=$$(sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n 1) \
+		-f Containerfile -t $(IMAGE) .
