@@ -210,6 +210,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             "named magic-hour-token",
             EX_CONFIG,
         )
+    if len(token) < logs.MIN_SECRET_CHARS:
+        log.warning(
+            "config.token_suspicious",
+            hint=f"the API key is only {len(token)} characters long; Magic Hour keys are much "
+            "longer. Check the key file or variable (a key this short is not redacted from logs)",
+        )
     os.umask(config.daemon.umask)
     # Handlers first: a SIGTERM during start-up is then a clean stop, not a kill.
     signals = Signals()

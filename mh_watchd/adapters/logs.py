@@ -40,14 +40,19 @@ _secrets_lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
 
 
+# Shorter strings are not redacted: replacing a 1-character "key" would garble every line,
+# and no real key is that short (`run` and `check` warn about such a key instead).
+MIN_SECRET_CHARS = 8
+
+
 def add_secret(secret: str) -> None:
     """Register one more exact string to redact from every later event (e.g. a reloaded token).
 
-    Empty or whitespace-only strings are ignored; returns nothing, never raises.
+    Strings shorter than MIN_SECRET_CHARS once stripped are ignored; never raises.
     """
     global _secrets
     cleaned = secret.strip()
-    if not cleaned:
+    if len(cleaned) < MIN_SECRET_CHARS:
         return
     with _secrets_lock:
         if cleaned not in _secrets:

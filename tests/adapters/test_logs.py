@@ -160,3 +160,10 @@ def test_redact_text_leaves_ordinary_text_alone() -> None:
     assert redact_text("uploaded beach.mp4 (12 MB) to api-assets/acct/x.mp4") == (
         "uploaded beach.mp4 (12 MB) to api-assets/acct/x.mp4"
     )
+
+
+def test_a_key_too_short_to_be_real_does_not_garble_every_line() -> None:
+    add_secret("x")  # a placeholder key: redacting it would replace every "x" in the log
+    assert redact_text("inbox /data/x.mp4") == "inbox /data/x.mp4"
+    add_secret("long-enough-key")
+    assert redact_text("key long-enough-key") == f"key {REDACTED}"
