@@ -12,6 +12,7 @@ from bench import (
     detect_latency,
     idle_cost,
     intake_latency,
+    journal_scale,
     poller_cost,
     throughput,
     upload_memory,
@@ -25,6 +26,7 @@ BENCHMARKS: dict[str, tuple[Callable[[list[str] | None], int], bool]] = {
     "intake_latency": (intake_latency.main, True),
     "throughput": (throughput.main, True),
     "idle_cost": (idle_cost.main, True),
+    "journal_scale": (journal_scale.main, True),
 }
 
 

@@ -74,20 +74,30 @@ def superseded_message(job: Job, newer: Job | None) -> str:
     )
 
 
+# How many jobs each list of the report (active, held, failed) shows at most; the folder counts
+# and the `*_total` numbers stay exact. A journal of years holds tens of thousands of failed jobs,
+# and `status` must stay fast (issue 13: < 200 ms at a million finished jobs).
+LIST_LIMIT = 100
+
+
 def build(journal: Journal, config: Config, *, now: float | None = None) -> dict[str, Any]:
-    """Everything `status` shows, as plain data (also the `--json` document)."""
+    """Everything `status` shows, as plain data (also the `--json` document).
+
+    Lists hold at most LIST_LIMIT jobs each (active and held: the oldest; failed: the newest),
+    with `totals` saying how many there are in all.
+    """
     now = time.time() if now is None else now
     pid, running = _daemon_running(journal)
     counts = journal.counts_by_folder_and_state()
-    failed_jobs = journal.jobs(states=[JobState.FAILED])
-    for job in failed_jobs:
-        if is_superseded(job):  # recorded as failed by an older daemon: count it as what it is
-            key = (job.folder, JobState.FAILED.value)
-            counts[key] -= 1
-            if not counts[key]:
-                del counts[key]
-            new_key = (job.folder, JobState.SUPERSEDED.value)
-            counts[new_key] = counts.get(new_key, 0) + 1
+    # Recorded as failed by an older daemon: count those as what they are.
+    legacy = journal.counts_with_error_prefix(JobState.FAILED, LEGACY_SUPERSEDED_PREFIX)
+    for folder, n in legacy.items():
+        key = (folder, JobState.FAILED.value)
+        counts[key] -= n
+        if not counts[key]:
+            del counts[key]
+        new_key = (folder, JobState.SUPERSEDED.value)
+        counts[new_key] = counts.get(new_key, 0) + n
     statuses = journal.folder_statuses()
     names = [f.name for f in config.folders]
     names += sorted({folder for folder, _ in counts} - set(names))
@@ -105,17 +115,16 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
                 "counts": {s: n for (f, s), n in sorted(counts.items()) if f == name},
             }
         )
-    active, held, failed = [], [], []
-    for job in journal.jobs(states=[*_ACTIVE, JobState.HELD]):
-        if job.state is JobState.HELD:
-            held.append(build_held_row(job))
-        else:
-            active.append(_active(job, now))
+    active = [_active(job, now) for job in journal.some_jobs(_ACTIVE, limit=LIST_LIMIT)]
+    held = [build_held_row(job) for job in journal.some_jobs([JobState.HELD], limit=LIST_LIMIT)]
     # Superseded jobs are history (the folder counts), never failures needing action.
-    for job in failed_jobs:
-        if is_superseded(job):
-            continue
-        failed.append(_failed_row(job))
+    newest_failed = journal.some_jobs(
+        [JobState.FAILED],
+        limit=LIST_LIMIT,
+        newest_first=True,
+        without_error_prefix=LEGACY_SUPERSEDED_PREFIX,
+    )
+    failed = [_failed_row(job) for job in reversed(newest_failed)]
     day = time.strftime("%Y-%m-%d", time.localtime(now))
     tomorrow = dt.datetime.combine(
         dt.date.fromisoformat(day) + dt.timedelta(days=1), dt.time()
@@ -126,6 +135,7 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
         "active": active,
         "held": held,
         "failed": failed,
+        "totals": _totals(counts),
         "recent": recent_deliveries(journal),
         "credits": {
             "day": day,
@@ -133,6 +143,18 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
             "daily_limit": config.daemon.daily_credit_limit,
             "resets_at": tomorrow.isoformat(timespec="seconds"),
         },
+    }
+
+
+def _totals(counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    """How many jobs the active, held and failed lists would hold unbounded (exact)."""
+    by_state: dict[str, int] = {}
+    for (_, state), n in counts.items():
+        by_state[state] = by_state.get(state, 0) + n
+    return {
+        "active": sum(by_state.get(s.value, 0) for s in _ACTIVE),
+        "held": by_state.get(JobState.HELD.value, 0),
+        "failed": by_state.get(JobState.FAILED.value, 0),
     }
 
 
@@ -302,6 +324,7 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"    OUTAGE: {f['outage']}")
         if not f["configured"]:
             lines.append("    (no longer in the config)")
+    totals = data.get("totals", {})
     if data["active"]:
         lines.append("")
         lines.append("active:")
@@ -314,17 +337,20 @@ def render(data: dict[str, Any]) -> str:
             if j.get("last_error"):
                 extra += f" (retrying: {j['last_error']})"
             lines.append(f"  #{j['id']} {j['folder']}/{j['file']}: {j['state']}{extra}")
+        lines += _more(totals.get("active", 0), len(data["active"]), "oldest")
     if data["held"]:
         lines.append("")
         lines.append("held:")
         for j in data["held"]:
             reason = j["hold_reason"] or "held"
             lines.append(f"  #{j['id']} {j['folder']}/{j['file']}: {reason}: {j['why']}")
+        lines += _more(totals.get("held", 0), len(data["held"]), "oldest")
     if data["failed"]:
         lines.append("")
         lines.append("failed:")
         for j in data["failed"]:
             lines.append(f"  #{j['id']} {j['folder']}/{j['file']}: {j['why']}")
+        lines += _more(totals.get("failed", 0), len(data["failed"]), "newest")
     c = data["credits"]
     limit = c["daily_limit"] or "no limit"
     lines.append("")
@@ -333,3 +359,10 @@ def render(data: dict[str, Any]) -> str:
         f"resets {c['resets_at']}"
     )
     return "\n".join(lines)
+
+
+def _more(total: int, shown: int, which: str) -> list[str]:
+    """The line under a cut list: how many more there are (the counts above are exact)."""
+    if total <= shown:
+        return []
+    return [f"  ... and {total - shown} more (the {shown} {which} are shown)"]

@@ -88,9 +88,10 @@ def seed(journal: Journal, rel_path: str, state: JobState, **changes: object) ->
 def test_status_piped_into_head_exits_quietly(
     setup: Setup, journal: Journal, json_flag: list[str]
 ) -> None:
-    # Far more output than a pipe buffers, so `status` is still writing when head exits.
+    # Far more output than a pipe buffers, so `status` is still writing when head exits
+    # (it lists at most report.LIST_LIMIT failed jobs: long reasons make up the bytes).
     for i in range(3000):
-        seed(journal, f"clip-{i:05d}.mp4", S.FAILED, last_error="not a readable video " * 4)
+        seed(journal, f"clip-{i:05d}.mp4", S.FAILED, last_error="not a readable video " * 60)
     journal.close()
     rc_file = setup.root / "rc"
     pipeline = subprocess.run(

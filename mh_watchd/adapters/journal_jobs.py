@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,10 @@ from mh_watchd.adapters.journal_rows import (
 )
 from mh_watchd.core.jobs import Job, JobState, check_move
 
+UNFINISHED_VALUES: tuple[str, ...] = tuple(
+    sorted(s.value for s in JobState if s.value not in TERMINAL_VALUES)
+)
+
 
 @dataclass(frozen=True)
 class JobEvent:
@@ -37,6 +41,17 @@ class JobEvent:
     to_state: JobState
     event: str
     detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class BulkEvent:
+    """One event to bulk-load with its job (see `JobRecords.insert_history`)."""
+
+    at: float
+    from_state: JobState | None
+    to_state: JobState
+    event: str
+    detail: Mapping[str, Any] | None = None
 
 
 class JobRecords(JournalConnection):
@@ -58,6 +73,30 @@ class JobRecords(JournalConnection):
             assert job_id is not None  # an INSERT always sets it
             _append_event(conn, job_id, job.updated_at, None, job.state, event, detail)
         return dataclasses.replace(job, id=job_id)
+
+    def insert_history(self, jobs: Iterable[tuple[Job, Sequence[BulkEvent]]]) -> int:
+        """Bulk-load jobs, each with its whole history, in ONE transaction; returns how many.
+
+        For tools that build large journals (bench/journal_scale.py, imports): rows are written
+        by the same encoding as `insert`/`save` (`job_values`, `_append_event`), so the file is
+        what a daemon would have written, only without one commit per event. Each job must have
+        no id, and its last event must end in `job.state`. Nothing is written when it raises.
+        """
+        count = 0
+        with self._writing() as conn:
+            for job, history in jobs:
+                if job.id is not None:
+                    raise ValueError(f"job {job.id} is already in the journal; use save()")
+                if not history or history[-1].to_state is not job.state:
+                    raise ValueError("a job's history must end in its state")
+                job_id = conn.execute(JOB_INSERT_SQL, job_values(job)).lastrowid
+                assert job_id is not None  # an INSERT always sets it
+                for ev in history:
+                    _append_event(
+                        conn, job_id, ev.at, ev.from_state, ev.to_state, ev.event, ev.detail
+                    )
+                count += 1
+        return count
 
     def save(
         self,
@@ -127,11 +166,58 @@ class JobRecords(JournalConnection):
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._many(f"SELECT * FROM jobs{where} ORDER BY id", params)
 
-    def unfinished(self) -> list[Job]:
-        """Return every job not done or failed, oldest (lowest id) first."""
-        marks = ", ".join("?" for _ in TERMINAL_VALUES)
+    def some_jobs(
+        self,
+        states: Collection[JobState],
+        *,
+        limit: int,
+        newest_first: bool = False,
+        without_error_prefix: str | None = None,
+    ) -> list[Job]:
+        """At most `limit` jobs in `states`, by id (lowest first, or highest with
+        `newest_first`), leaving out those whose last_error starts with `without_error_prefix`.
+
+        A bounded query for reports: a journal of years can hold tens of thousands of failed jobs.
+        """
+        if not states or limit <= 0:
+            return []
+        values = sorted(JobState(s).value for s in states)
+        where = f"state IN ({', '.join('?' for _ in values)})"
+        params: list[Any] = list(values)
+        if without_error_prefix is not None:
+            where += " AND (last_error IS NULL OR substr(last_error, 1, ?) != ?)"
+            params += [len(without_error_prefix), without_error_prefix]
+        order = "DESC" if newest_first else "ASC"
         return self._many(
-            f"SELECT * FROM jobs WHERE state NOT IN ({marks}) ORDER BY id", TERMINAL_VALUES
+            f"SELECT * FROM jobs WHERE {where} ORDER BY id {order} LIMIT ?", [*params, limit]
+        )
+
+    def counts_with_error_prefix(self, state: JobState, prefix: str) -> dict[str, int]:
+        """{folder: number of jobs in `state` whose last_error starts with `prefix`} (exact)."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT folder, COUNT(*) AS n FROM jobs WHERE state = ?"
+                " AND substr(last_error, 1, ?) = ? GROUP BY folder",
+                (state.value, len(prefix), prefix),
+            ).fetchall()
+        return {row["folder"]: int(row["n"]) for row in rows}
+
+    def failed_unfiled(self) -> list[Job]:
+        """Failed jobs whose original was never filed (failed_path NULL), oldest first."""
+        return self._many(
+            "SELECT * FROM jobs WHERE state = ? AND failed_path IS NULL ORDER BY id",
+            (JobState.FAILED.value,),
+        )
+
+    def unfinished(self) -> list[Job]:
+        """Return every job not done or failed, oldest (lowest id) first.
+
+        Asks for the unfinished states by name (`state IN (...)`, on the state index): `NOT IN`
+        the finished ones would read every row of a journal that holds a million finished jobs.
+        """
+        marks = ", ".join("?" for _ in UNFINISHED_VALUES)
+        return self._many(
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", UNFINISHED_VALUES
         )
 
     def latest_for_path(self, folder: str, rel_path: str) -> Job | None:

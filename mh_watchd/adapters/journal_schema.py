@@ -126,6 +126,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         WHERE state = 'failed' AND substr(last_error, 1, 11) = 'superseded:'
         """,
     ),
+    (
+        # Fast at a million finished jobs (issue 13). `status` counts jobs by folder and state
+        # from this index alone (covering: no table rows read, no sort), and finds the newest
+        # jobs of a state (recent deliveries) by walking the state's end of the second one
+        # (its rowid tail orders ties by id) instead of sorting every done job.
+        "CREATE INDEX jobs_by_folder_state ON jobs (folder, state)",
+        "CREATE INDEX jobs_by_state_updated ON jobs (state, updated_at)",
+    ),
 )
 SCHEMA_VERSION: int = len(MIGRATIONS)
 

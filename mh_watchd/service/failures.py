@@ -33,8 +33,8 @@ class FailureFiler:
     def load(self) -> None:
         """At start-up: failed jobs whose original was never filed (the failed folder was away
         when the daemon stopped) are filed once their folder's check passes."""
-        for job in self._ctx.journal.jobs(states=[JobState.FAILED]):
-            if job.failed_path is None and job.id is not None:
+        for job in self._ctx.journal.failed_unfiled():
+            if job.id is not None:
                 self.deferred.setdefault(job.folder, {})[job.id] = (
                     job.last_error or "failed",
                     "(recorded before a restart)",

@@ -110,13 +110,14 @@ def login_page(*, nonce: str, error: str | None = None) -> str:
 
 def status_page(data: Mapping[str, Any], options: PageOptions) -> str:
     """The whole page for one `status` document."""
+    totals: Mapping[str, int] = data.get("totals", {})
     parts = [
         _header(data, options),
         _credits(data["credits"]),
         _folders(data["folders"]),
-        _active(data["active"]),
-        _held(data["held"], options),
-        _failed(data["failed"], options),
+        _active(data["active"], totals.get("active")),
+        _held(data["held"], options, totals.get("held")),
+        _failed(data["failed"], options, totals.get("failed")),
         _recent(data.get("recent", [])),
     ]
     return _document("mh-watchd", "\n".join(parts), options.nonce, refresh=True)
@@ -210,7 +211,7 @@ def _job_title(job: Mapping[str, Any]) -> str:
     )
 
 
-def _active(jobs: list[Mapping[str, Any]]) -> str:
+def _active(jobs: list[Mapping[str, Any]], total: int | None) -> str:
     items = []
     for job in jobs:
         detail = _e(job["state"])
@@ -223,7 +224,9 @@ def _active(jobs: list[Mapping[str, Any]]) -> str:
             retrying = f"retrying (attempt {job.get('attempts')}): {job['last_error']}"
             detail += f'<br><span class="warn">{_e(retrying)}</span>'
         items.append(f'<li><div class="job">{_job_title(job)}<br>{detail}</div></li>')
-    return _list_section("active", "Active", items, "nothing in progress")
+    return _list_section(
+        "active", "Active", items, "nothing in progress", total=total, shown="oldest"
+    )
 
 
 def _duration(seconds: object) -> str:
@@ -250,7 +253,7 @@ def _retry_all(kind: str, label: str, options: PageOptions) -> str:
     )
 
 
-def _held(jobs: list[Mapping[str, Any]], options: PageOptions) -> str:
+def _held(jobs: list[Mapping[str, Any]], options: PageOptions, total: int | None) -> str:
     items = []
     for job in jobs:
         reason = job["hold_reason"] or "held"
@@ -265,10 +268,10 @@ def _held(jobs: list[Mapping[str, Any]], options: PageOptions) -> str:
             f"{_e(job['why'])}{advice}</div>{_retry_button(job['id'], options)}</li>"
         )
     extra = _retry_all("held", "Retry all held", options) if jobs else ""
-    return _list_section("held", "Held", items, "nothing held", extra)
+    return _list_section("held", "Held", items, "nothing held", extra, total=total, shown="oldest")
 
 
-def _failed(jobs: list[Mapping[str, Any]], options: PageOptions) -> str:
+def _failed(jobs: list[Mapping[str, Any]], options: PageOptions, total: int | None) -> str:
     items = []
     for job in jobs:
         report = job.get("error_json")
@@ -285,7 +288,9 @@ def _failed(jobs: list[Mapping[str, Any]], options: PageOptions) -> str:
             f"{advice}{details}</div>{_retry_button(job['id'], options)}</li>"
         )
     extra = _retry_all("failed", "Retry all failed", options) if jobs else ""
-    return _list_section("failed", "Failed", items, "nothing failed", extra)
+    return _list_section(
+        "failed", "Failed", items, "nothing failed", extra, total=total, shown="newest"
+    )
 
 
 def _recent(jobs: list[Mapping[str, Any]]) -> str:
@@ -300,7 +305,24 @@ def _recent(jobs: list[Mapping[str, Any]]) -> str:
     return _list_section("recent", "Recent deliveries", items, "nothing delivered yet")
 
 
-def _list_section(anchor: str, title: str, items: list[str], empty: str, extra: str = "") -> str:
-    count = f' <span class="muted">({len(items)})</span>' if items else ""
+def _list_section(
+    anchor: str,
+    title: str,
+    items: list[str],
+    empty: str,
+    extra: str = "",
+    *,
+    total: int | None = None,
+    shown: str = "",
+) -> str:
+    """A section listing `items`. With `total` above their number (the status document lists
+    at most `report.LIST_LIMIT` of a kind) the count is the total, and a line says so."""
+    total = max(total or 0, len(items))
+    count = f' <span class="muted">({total})</span>' if items else ""
     body = f'<ul class="jobs">{"".join(items)}</ul>' if items else f'<p class="muted">{empty}</p>'
+    if total > len(items):
+        body += (
+            f'<p class="muted">and {total - len(items)} more (the {len(items)} {shown} are '
+            "shown; <code>mh-watchd status --json</code> has the counts)</p>"
+        )
     return f'<section id="{anchor}"><h2>{title}{count}</h2>{body}{extra}</section>'
