@@ -44,6 +44,7 @@ from mh_watchd.service.folders import (
     FolderSupervisor,
     write_folder_statuses,
 )
+from mh_watchd.service.housekeeping import Housekeeping
 from mh_watchd.service.intake import Intake
 from mh_watchd.service.jobbook import JobBook, after_restart, local_day
 from mh_watchd.service.logctx import job_context
@@ -260,6 +261,7 @@ class Daemon:
         )
         self.requests = RequestHandler(ctx, self.book, self.account, self.supervisors)
         self.reporter = Reporter(ctx, self.book, notify=self.notify, progress=progress)
+        self.housekeeping = Housekeeping(ctx)  # history retention, on a timer
         self.book.on_saved.append(self.intake.job_saved)
         # Once the journal takes writes again: kept outcomes first, then kept intakes, then
         # every inbox is listed (files whose intake could not be recorded were forgotten).
@@ -316,6 +318,7 @@ class Daemon:
         write_folder_statuses(self.ctx)
         self.requests.start()
         self.reporter.start()
+        self.housekeeping.start()
         self.notify.ready()
         log.info(
             "daemon.started",
@@ -525,6 +528,7 @@ class Daemon:
         for fut in self.failures.futures:
             with contextlib.suppress(Exception):
                 fut.result(timeout=max(0.0, deadline - ctx.monotonic()))
+        self.housekeeping.stop()
         ctx.api_pool.shutdown(wait=False, cancel_futures=True)
         for rt in ctx.folders.values():
             rt.close()

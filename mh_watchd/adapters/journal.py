@@ -17,10 +17,13 @@ tables, all sharing one connection and one lock (`JournalConnection`):
 - journal_requests: the CLI's requests to the daemon
 - journal_charges: credits booked per project and spent per day
 - journal_folders: per-folder watch status and key/value meta
+- journal_history: compacting old events of finished jobs (history retention)
+- journal_backup: a consistent online copy of the journal file
 """
 
 from __future__ import annotations
 
+from mh_watchd.adapters.journal_backup import JournalBackup
 from mh_watchd.adapters.journal_charges import CreditCharges
 from mh_watchd.adapters.journal_connection import (
     BUSY_TIMEOUT_MS,
@@ -30,7 +33,8 @@ from mh_watchd.adapters.journal_connection import (
     JournalConflict,
 )
 from mh_watchd.adapters.journal_folders import FoldersAndMeta, FolderStatus
-from mh_watchd.adapters.journal_jobs import JobEvent, JobRecords
+from mh_watchd.adapters.journal_history import EventHistory
+from mh_watchd.adapters.journal_jobs import BulkEvent, JobEvent, JobRecords
 from mh_watchd.adapters.journal_requests import CliRequests, Request
 from mh_watchd.adapters.journal_schema import MIGRATIONS, SCHEMA_VERSION, apply_migrations
 
@@ -41,6 +45,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "STATE_DIR_MODE",
+    "BulkEvent",
     "FolderStatus",
     "JobEvent",
     "Journal",
@@ -50,7 +55,7 @@ __all__ = [
 ]
 
 
-class Journal(JobRecords, CliRequests, CreditCharges, FoldersAndMeta):
+class Journal(JobRecords, CliRequests, CreditCharges, FoldersAndMeta, EventHistory, JournalBackup):
     """The daemon's durable memory, safe to share between threads (one lock around each call).
 
     Open it with `Journal.open(state_dir, readonly=...)`; close it (or use it as a context

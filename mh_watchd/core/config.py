@@ -58,7 +58,7 @@ API_KEYS: tuple[str, ...] = (
 DAEMON_KEYS: tuple[str, ...] = (
     "state_dir", "max_parallel_uploads", "max_active_renders", "daily_credit_limit",
     "settle_seconds", "rescan_seconds", "observer", "log_format", "http_listen", "umask",
-    "stop_grace_seconds", "http_token",
+    "stop_grace_seconds", "http_token", "history_days",
 )  # fmt: skip
 STYLE_KEYS: tuple[str, ...] = ("art_style", "model", "prompt", "prompt_type", "version")
 # Keys a preset (or an inline [folder.style]) may set besides the style itself; folder keys of
@@ -112,6 +112,8 @@ class DaemonConfig:
     stop_grace_seconds: float = 60.0
     # The web page's and /api/'s shared secret; required off loopback. Never logged or shown.
     http_token: str = field(default="", repr=False)
+    # Events of finished jobs older than this many days are compacted; 0 keeps them forever.
+    history_days: int = 365
 
 
 @dataclass(frozen=True)
@@ -594,7 +596,25 @@ def _parse_daemon(
         umask=_parse_umask(reader),
         stop_grace_seconds=reader.number("stop_grace_seconds", 60.0),
         http_token=_parse_http_token(reader, http_listen),
+        history_days=_parse_history_days(reader),
     )
+
+
+def _parse_history_days(reader: _Reader) -> int:
+    """daemon.history_days: a whole number of days, 0 = keep every event forever."""
+    value = reader.raw.get("history_days", 365)
+    if isinstance(value, bool) or not isinstance(value, int):
+        reader.problem(
+            "history_days",
+            f"must be a whole number of days (0 keeps history forever), not {_type_name(value)}",
+        )
+        return 365
+    if value < 0:
+        reader.problem(
+            "history_days", f"must be 0 (keep history forever) or more days, not {value}"
+        )
+        return 365
+    return value
 
 
 def _parse_style(reader: _Reader) -> Style:

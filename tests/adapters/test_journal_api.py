@@ -15,6 +15,7 @@ PUBLIC_NAMES = {
     "SCHEMA_VERSION",
     "STATE_DIR_MODE",
     "FolderStatus",
+    "BulkEvent",
     "JobEvent",
     "Journal",
     "JournalConflict",
@@ -30,12 +31,16 @@ PUBLIC_METHODS = {
     "acquire_lock",
     "writable_check",
     "insert",
+    "insert_history",
     "save",
     "get",
     "by_project_id",
     "jobs",
     "newest",
     "unfinished",
+    "some_jobs",
+    "counts_with_error_prefix",
+    "failed_unfiled",
     "latest_for_path",
     "find_done_version",
     "known_version",
@@ -52,6 +57,8 @@ PUBLIC_METHODS = {
     "folder_statuses",
     "set_meta",
     "get_meta",
+    "compact_history",
+    "backup",
 }
 
 

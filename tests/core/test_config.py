@@ -83,6 +83,7 @@ def test_minimal_config_gets_every_documented_default() -> None:
     assert (daemon.daily_credit_limit, daemon.settle_seconds, daemon.rescan_seconds) == (0, 10, 300)
     assert (daemon.observer, daemon.log_format) == ("auto", "auto")
     assert (daemon.http_listen, daemon.umask) == ("127.0.0.1:9309", 0o002)
+    assert daemon.history_days == 365
     assert folder.archive == P("/m/anime/in/.mh-done")
     assert folder.failed == P("/m/anime/in/.mh-failed")
     assert folder.style == Style(art_style="Oil Painting")
@@ -216,6 +217,8 @@ def test_relative_paths_resolve_against_base_dir_and_dotdot_collapses() -> None:
         ),
         ([(("daemon", "settle_seconds"), 0)], "settle_seconds", 0.0),
         ([(("daemon", "daily_credit_limit"), 5000)], "daily_credit_limit", 5000),
+        ([(("daemon", "history_days"), 0)], "history_days", 0),
+        ([(("daemon", "history_days"), 30)], "history_days", 30),
     ],
 )
 def test_accepted_values(
@@ -723,6 +726,19 @@ RULES: list[Rule] = [
         "daemon.http_token: required because http_listen 'nas.local:9309' is reachable from "
         "other machines: set daemon.http_token (make one with `openssl rand -hex 24`), or bind "
         'http_listen to "127.0.0.1:9309" (or "" to turn it off)',
+    ),
+    daemon_rule(
+        "history_days_negative",
+        "history_days",
+        -1,
+        "daemon.history_days: must be 0 (keep history forever) or more days, not -1",
+    ),
+    daemon_rule(
+        "history_days_not_whole",
+        "history_days",
+        1.5,
+        "daemon.history_days: must be a whole number of days (0 keeps history forever), not "
+        "a float",
     ),
     daemon_rule(
         "http_token_too_short",
