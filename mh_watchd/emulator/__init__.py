@@ -9,7 +9,23 @@ and misbehaves on request (see `faults`). Modules: `server` (HTTP, routes, Emula
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .command import add_arguments, run
-from .server import EmulatorOptions, EmulatorServer
+from .options import EmulatorOptions
+
+if TYPE_CHECKING:
+    from .server import EmulatorServer
+
+
+def __getattr__(name: str) -> Any:
+    # The server (and PyAV under it) loads on first use, so every other `mh-watchd` command,
+    # whose argument parser reads the emulator's option defaults, starts without it.
+    if name == "EmulatorServer":
+        from .server import EmulatorServer
+
+        return EmulatorServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["EmulatorOptions", "EmulatorServer", "add_arguments", "run"]

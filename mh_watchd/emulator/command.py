@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .server import EmulatorOptions, EmulatorServer
+from .options import EmulatorOptions
 
 EXIT_OK = 0
 EXIT_USAGE = 64
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     Must run in the main thread (it installs signal handlers, restored on return).
     """
     try:
+        from .server import EmulatorServer  # PyAV and the server load only when one runs
+
         server = EmulatorServer(options_from_args(args))
     except ValueError as exc:
         print(f"mh-watchd emulator: {exc}", file=sys.stderr)

@@ -26,7 +26,6 @@ import socket
 import struct
 import tempfile
 import threading
-from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +36,7 @@ from mh_watchd.core.api import TIER_MAX_EDGE
 from . import protocol
 from .faults import ON_ARRIVAL, ON_BODY, ON_COMMIT, FaultPlan, FaultRule, parse_rules
 from .lifecycle import Lifecycle
+from .options import EmulatorOptions
 from .protocol import Problem
 from .store import Store
 
@@ -52,23 +52,6 @@ _PROJECT_RE = re.compile(r"^/v1/video-projects/([^/]+)$")
 _UPLOAD_RE = re.compile(r"^/_uploads/([A-Za-z0-9_-]+)$")
 _DOWNLOAD_RE = re.compile(r"^/_downloads/([A-Za-z0-9_-]+)/[^/]+$")
 _FORCE_RE = re.compile(r"^/_emulator/projects/([^/]+)$")
-
-
-@dataclass(frozen=True)
-class EmulatorOptions:
-    """How an emulator behaves; the defaults are the `mh-watchd emulator` defaults."""
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    token: str | None = None
-    credits: int = 1_000_000
-    queue_seconds: float = 1.0
-    render_seconds: float = 2.0
-    url_ttl_seconds: float = 3600.0
-    tier: str = "creator"
-    faults: dict[str, Any] | None = None
-    seed: int | None = None
-    data_dir: Path | None = None
 
 
 def check_options(options: EmulatorOptions) -> None:
