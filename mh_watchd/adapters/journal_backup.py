@@ -18,6 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from mh_watchd.adapters.durable import fsync_dir, fsync_file
 from mh_watchd.adapters.journal_connection import BUSY_TIMEOUT_MS, JournalConnection, translated
 from mh_watchd.core.errors import MhWatchdError, StateDirError
 
@@ -50,9 +51,9 @@ class JournalBackup(JournalConnection):
         temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             jobs = self._copy_to(temp)
-            _fsync_file(temp)
+            fsync_file(temp)
             _place(temp, target, force=force)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
@@ -125,23 +126,3 @@ def _place(temp: Path, target: Path, *, force: bool) -> None:
 
 def _exists_message(target: Path) -> str:
     return f"{target} exists; choose a new name, or add --force to replace it"
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return  # some filesystems (SMB shares) cannot open a directory: nothing to sync
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)

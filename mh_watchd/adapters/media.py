@@ -30,6 +30,7 @@ from av.stream import Disposition, Stream
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
+from mh_watchd.adapters.durable import fsync_dir, fsync_file
 from mh_watchd.core.errors import MediaError
 
 API_EXTENSIONS = frozenset({"mp4", "m4v", "mov", "webm"})
@@ -134,7 +135,7 @@ def _convert(src: BinaryIO, dest: Path, name: str) -> Path:
     try:
         src.seek(0)
         _write_mp4(src, name, tmp)
-        _fsync_file(tmp)
+        fsync_file(tmp)
         try:
             probe(tmp)
         except MediaError as exc:
@@ -144,7 +145,7 @@ def _convert(src: BinaryIO, dest: Path, name: str) -> Path:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 
@@ -517,24 +518,3 @@ def _why(exc: BaseException) -> str:
         return "it ends before a picture can be read (cut short?)"
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return text[:1].lower() + text[1:]
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems (SMB mounts, some FUSE) refuse fsync on a directory
-    finally:
-        os.close(fd)
