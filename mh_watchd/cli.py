@@ -9,11 +9,14 @@ import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 
 from mh_watchd import __version__
+
+if TYPE_CHECKING:
+    from mh_watchd.core.config import Config
 
 # Exit codes (sysexits.h), named once.
 EX_OK = 0
@@ -171,11 +174,18 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _load_config(args: argparse.Namespace) -> tuple[object, Path]:
+def _load_config(args: argparse.Namespace) -> tuple[Config, Path] | int:
+    """The config named by `-c` (or the default) and its path; EX_CONFIG after printing every
+    problem with it."""
     from mh_watchd.adapters import config_file
+    from mh_watchd.core.errors import ConfigError
 
     path = config_file.config_path(args.config, os.environ)
-    return config_file.load(path), path
+    try:
+        return config_file.load(path), path
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EX_CONFIG
 
 
 def _print_config_error(exc: Exception, path: Path) -> None:
@@ -313,16 +323,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """`status`: read the journal read-only and print what the daemon is doing."""
     from mh_watchd import report
-    from mh_watchd.adapters import config_file
     from mh_watchd.adapters.journal import Journal
-    from mh_watchd.core.errors import ConfigError, StateDirError
+    from mh_watchd.core.errors import StateDirError
 
-    path = config_file.config_path(args.config, os.environ)
-    try:
-        config = config_file.load(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
-        return EX_CONFIG
+    loaded = _load_config(args)
+    if isinstance(loaded, int):
+        return loaded
+    config = loaded[0]
     try:
         journal = Journal.open(Path(str(config.daemon.state_dir)), readonly=True)
     except StateDirError as exc:
@@ -344,17 +351,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     0 written; 69 no journal, or PATH's directory unwritable; 73 PATH exists (without --force)
     or lies inside the state_dir; 78 bad config.
     """
-    from mh_watchd.adapters import config_file
     from mh_watchd.adapters.journal import Journal
     from mh_watchd.adapters.journal_backup import BackupRefused
-    from mh_watchd.core.errors import ConfigError, StateDirError
+    from mh_watchd.core.errors import StateDirError
 
-    path = config_file.config_path(args.config, os.environ)
-    try:
-        config = config_file.load(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
-        return EX_CONFIG
+    loaded = _load_config(args)
+    if isinstance(loaded, int):
+        return loaded
+    config = loaded[0]
     try:
         journal = Journal.open(Path(str(config.daemon.state_dir)), readonly=True)
     except StateDirError as exc:
@@ -378,19 +382,17 @@ def cmd_web(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from mh_watchd.adapters import config_file, logs
+    from mh_watchd.adapters import logs
     from mh_watchd.adapters.http_status import StatusServer
     from mh_watchd.adapters.journal import Journal
     from mh_watchd.core.config import DEFAULT_HTTP_LISTEN, is_loopback_listen
-    from mh_watchd.core.errors import ConfigError, StateDirError
+    from mh_watchd.core.errors import StateDirError
     from mh_watchd.web import WebApp
 
-    path = config_file.config_path(args.config, os.environ)
-    try:
-        config = config_file.load(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
-        return EX_CONFIG
+    loaded = _load_config(args)
+    if isinstance(loaded, int):
+        return loaded
+    config, path = loaded
     listen = args.listen or config.daemon.http_listen or DEFAULT_HTTP_LISTEN
     if not is_loopback_listen(listen) and not config.daemon.http_token:
         return _fail(
@@ -434,20 +436,17 @@ def cmd_retry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """
     import time
 
-    from mh_watchd.adapters import config_file
     from mh_watchd.adapters.journal import Journal
-    from mh_watchd.core.errors import ConfigError, StateDirError
+    from mh_watchd.core.errors import StateDirError
     from mh_watchd.retries import request_retries
 
     if not args.job_ids and not args.failed and not args.held:
         sys.stderr.write("mh-watchd retry: give JOB_ID..., --failed or --held\n")
         return EX_USAGE
-    path = config_file.config_path(args.config, os.environ)
-    try:
-        config = config_file.load(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
-        return EX_CONFIG
+    loaded = _load_config(args)
+    if isinstance(loaded, int):
+        return loaded
+    config = loaded[0]
     try:
         journal = Journal.open(Path(str(config.daemon.state_dir)))
     except StateDirError as exc:
