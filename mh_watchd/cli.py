@@ -323,7 +323,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """`status`: read the journal read-only and print what the daemon is doing."""
     from mh_watchd import report
-    from mh_watchd.adapters.journal import Journal
+    from mh_watchd.adapters.journal import open_journal
     from mh_watchd.core.errors import StateDirError
 
     loaded = _load_config(args)
@@ -331,7 +331,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return loaded
     config = loaded[0]
     try:
-        journal = Journal.open(Path(str(config.daemon.state_dir)), readonly=True)
+        journal = open_journal(config.daemon, readonly=True)
     except StateDirError as exc:
         return _fail(f"{exc} (has the daemon run yet?)", EX_UNAVAILABLE)
     try:
@@ -351,7 +351,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     0 written; 69 no journal, or PATH's directory unwritable; 73 PATH exists (without --force)
     or lies inside the state_dir; 78 bad config.
     """
-    from mh_watchd.adapters.journal import Journal
+    from mh_watchd.adapters.journal import open_journal
     from mh_watchd.adapters.journal_backup import BackupRefused
     from mh_watchd.core.errors import StateDirError
 
@@ -360,7 +360,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return loaded
     config = loaded[0]
     try:
-        journal = Journal.open(Path(str(config.daemon.state_dir)), readonly=True)
+        journal = open_journal(config.daemon, readonly=True)
     except StateDirError as exc:
         return _fail(f"{exc} (has the daemon run yet?)", EX_UNAVAILABLE)
     try:
@@ -384,7 +384,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     from mh_watchd.adapters import logs
     from mh_watchd.adapters.http_status import StatusServer
-    from mh_watchd.adapters.journal import Journal
+    from mh_watchd.adapters.journal import open_journal
     from mh_watchd.core.config import DEFAULT_HTTP_LISTEN, is_loopback_listen
     from mh_watchd.core.errors import StateDirError
     from mh_watchd.web import WebApp
@@ -405,7 +405,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         secrets=[config.daemon.http_token] if config.daemon.http_token else [],
     )
     try:
-        journal = Journal.open(Path(str(config.daemon.state_dir)), readonly=True)
+        journal = open_journal(config.daemon, readonly=True)
     except StateDirError as exc:
         return _fail(f"{exc} (has the daemon run yet?)", EX_UNAVAILABLE)
     stop = threading.Event()
@@ -436,7 +436,7 @@ def cmd_retry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """
     import time
 
-    from mh_watchd.adapters.journal import Journal
+    from mh_watchd.adapters.journal import open_journal
     from mh_watchd.core.errors import StateDirError
     from mh_watchd.retries import request_retries
 
@@ -448,7 +448,7 @@ def cmd_retry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return loaded
     config = loaded[0]
     try:
-        journal = Journal.open(Path(str(config.daemon.state_dir)))
+        journal = open_journal(config.daemon)
     except StateDirError as exc:
         return _fail(str(exc), EX_UNAVAILABLE)
     try:

@@ -25,18 +25,25 @@ from mh_watchd import __version__
 from mh_watchd.adapters import config_file, logs
 from mh_watchd.adapters.fs import FileSystem, LocalFileSystem
 from mh_watchd.adapters.http_status import StatusServer
-from mh_watchd.adapters.journal import Journal
+from mh_watchd.adapters.journal import (
+    ClaimLost,
+    Journal,
+    Listening,
+    host_name,
+    open_journal,
+)
 from mh_watchd.adapters.magic_hour import MagicHourClient, RequestRecord, build_http_client
 from mh_watchd.adapters.metrics import Metrics
 from mh_watchd.adapters.notifier import EventNotifier
 from mh_watchd.adapters.sdnotify import SystemdNotifier
 from mh_watchd.adapters.watcher import EventSink, FsEvent
-from mh_watchd.core.config import Config, FolderConfig
+from mh_watchd.core.config import Config, DaemonConfig, FolderConfig
 from mh_watchd.core.errors import StateDirError
-from mh_watchd.core.jobs import HoldReason, Job, JobState, hold
+from mh_watchd.core.jobs import HoldReason
 from mh_watchd.core.tracker import IntakeTracker
 from mh_watchd.runner import Runner
 from mh_watchd.service.account import AccountGate
+from mh_watchd.service.claims import ClaimKeeper
 from mh_watchd.service.context import Context, FolderRuntime, JournalGate
 from mh_watchd.service.failures import FailureFiler
 from mh_watchd.service.folders import (
@@ -46,8 +53,7 @@ from mh_watchd.service.folders import (
 )
 from mh_watchd.service.housekeeping import Housekeeping
 from mh_watchd.service.intake import Intake
-from mh_watchd.service.jobbook import JobBook, after_restart, local_day
-from mh_watchd.service.logctx import job_context
+from mh_watchd.service.jobbook import JobBook, local_day
 from mh_watchd.service.loop import WAKE, Loop
 from mh_watchd.service.outcomes import OutcomeApplier
 from mh_watchd.service.reporter import Alerts, Reporter
@@ -107,11 +113,13 @@ class LoopSink:
         self._loop.post(lambda: handler(item))
 
 
-def open_state_dir(fs: FileSystem, state_dir: Path) -> Journal:
-    """Check `state_dir`, open its journal and take the lock.
+def open_state_dir(fs: FileSystem, daemon: DaemonConfig) -> Journal:
+    """Check the state_dir, open the journal (in it, or at daemon.state_url) as this host and
+    take the lock (the state_dir's, and on a shared journal the host name's).
 
     Raises StateDirError (with what to do) or AlreadyRunningError.
     """
+    state_dir = Path(str(daemon.state_dir))
     try:
         fs.makedirs(state_dir)
         problem = fs.state_dir_problem(state_dir)
@@ -133,9 +141,11 @@ def open_state_dir(fs: FileSystem, state_dir: Path) -> Journal:
             f"state_dir {state_dir} is not writable by uid {os.getuid()} "
             f"({unwritable}); fix its owner or set daemon.state_dir elsewhere"
         )
-    journal = Journal.open(state_dir)
+    journal = open_journal(daemon)
     try:
+        journal.set_host(host_name(daemon), lease_seconds=daemon.lease_seconds)
         journal.acquire_lock()
+        journal.register_host(pid=os.getpid(), version=__version__)
     except Exception:
         journal.close()
         raise
@@ -164,7 +174,7 @@ class Daemon:
         Raises StateDirError / AlreadyRunningError; nothing is left running then.
         """
         fs = fs or LocalFileSystem(umask=config.daemon.umask)
-        journal = open_state_dir(fs, Path(str(config.daemon.state_dir)))
+        journal = open_state_dir(fs, config.daemon)
         try:
             return cls(
                 config,
@@ -236,6 +246,7 @@ class Daemon:
         )
         self._build_parts(events)
         self.servers: list[StatusServer] = []
+        self.listening: Listening | None = None  # another host's wake-ups (shared journal)
 
     def _build_parts(self, events: EventSink | None) -> None:
         ctx = self.ctx
@@ -256,8 +267,14 @@ class Daemon:
         self.outcomes = OutcomeApplier(
             ctx, self.book, self.account, self.failures, progress=progress
         )
+        self.claims = ClaimKeeper(ctx, self.book)
         self.scheduler = Scheduler(
-            ctx, self.book, self.account, progress=progress, on_done=self.outcomes.step_done
+            ctx,
+            self.book,
+            self.account,
+            progress=progress,
+            on_done=self.outcomes.step_done,
+            lease_ok=self.claims.lease_ok,
         )
         self.requests = RequestHandler(ctx, self.book, self.account, self.supervisors)
         self.reporter = Reporter(ctx, self.book, notify=self.notify, progress=progress)
@@ -298,7 +315,11 @@ class Daemon:
 
         Raises StateDirError when the journal refuses a write before anything was started.
         """
-        self._recover()
+        # This host's unfinished jobs (on a shared journal, also the free ones of its
+        # folders); a create cut off mid-flight becomes ambiguous_create.
+        self.claims.take_all()
+        self.failures.load()
+        log.info("journal.recovered", unfinished=len(self.book.jobs))
         self._start_status_server()
         self.notifier.start()
         for folder in self.config.folders:
@@ -317,6 +338,10 @@ class Daemon:
         self.journal.set_meta("daemon_started_at", str(self.ctx.clock()))
         write_folder_statuses(self.ctx)
         self.requests.start()
+        self.claims.start()
+        # Another host's write for us (heard in the listener's thread, handled on the loop).
+        wake = {"request": self.requests.check_now, "released": self.claims.claim_now}
+        self.listening = self.journal.listen(lambda what: self.loop.post(wake.get(what, WAKE)))
         self.reporter.start()
         self.housekeeping.start()
         self.notify.ready()
@@ -325,6 +350,8 @@ class Daemon:
             version=__version__,
             folders=[f.name for f in self.config.folders],
             state_dir=str(self.config.daemon.state_dir),
+            journal=self.journal.where,
+            host=self.journal.host,
         )
 
     def _add_folder(self, folder: FolderConfig) -> FolderSupervisor:
@@ -339,33 +366,6 @@ class Daemon:
         )
         self.supervisors[folder.name] = sup
         return sup
-
-    def _recover(self) -> None:
-        """Load unfinished jobs; a create cut off mid-flight becomes ambiguous_create."""
-        now = self.ctx.clock()
-        for job in self.journal.unfinished():
-            # Wall clock may have jumped while we were down: never wait absurdly long.
-            job = after_restart(job, now)
-            if job.state is JobState.SUBMITTING and job.project_id is None:
-                with job_context(job):
-                    job = self._hold_unanswered_create(job, now)
-            self.book.load(job)
-        self.failures.load()
-        log.info("journal.recovered", unfinished=len(self.book.jobs))
-
-    def _hold_unanswered_create(self, job: Job, now: float) -> Job:
-        why = (
-            "the daemon stopped inside the create request; look for "
-            f"{job.service_name!r} in the web app, then run 'mh-watchd retry {job.id}'"
-        )
-        held = self.journal.save(
-            hold(job, HoldReason.AMBIGUOUS_CREATE, updated_at=now, last_error=why),
-            event="job.create_ambiguous",
-            detail={"why": "the daemon stopped inside the create request"},
-        )
-        log.warning("job.create_ambiguous", why=why)
-        self.ctx.alert("held", held, "ambiguous_create")
-        return held
 
     def _start_status_server(self) -> None:
         listen = self.config.daemon.http_listen
@@ -421,6 +421,8 @@ class Daemon:
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, StateDirError):
             self.ctx.gate.failed(exc)
+        elif isinstance(exc, ClaimLost):
+            self.ctx.dirty = True  # logged and let go of by the book
         else:
             # The top of the loop: one unexpected error never stops the daemon.
             log.error("daemon.message_failed", exc_info=exc)
@@ -499,6 +501,9 @@ class Daemon:
                 sup.start_watcher()
                 sup.scan_now()
                 log.info("config.folder_changed", folder=folder.name)
+        if self.journal.shared:
+            self.claims.folders_changed(new_names)
+            return
         # Jobs of removed folders that were never created are dropped (files untouched).
         for job in self.book.unfinished():
             if (
@@ -538,6 +543,10 @@ class Daemon:
         self.notify_http.close()
         self.http.close()
         write_folder_statuses(ctx)
+        if self.listening is not None:
+            self.listening.stop()
+        with contextlib.suppress(StateDirError):
+            self.claims.release()
         self.journal.close()
         log.info("daemon.stopped", unfinished_steps=len(ctx.in_flight))
 

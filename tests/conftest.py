@@ -89,3 +89,40 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_sep("=", "NOT RUN on this machine", yellow=True, bold=True)
     for reason, count in sorted(reasons.items()):
         terminalreporter.write_line(f"{count} test(s): {reason}")
+
+
+# --- PostgreSQL: one throwaway server per session, a fresh database per test ---------------
+# (imported here, not at the top, so this section stays a pure append)
+
+import itertools  # noqa: E402
+
+from tests.pgserver import PgServer, find_pg_bin  # noqa: E402
+
+_pg_database_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """A PostgreSQL server for the whole session (Unix socket only); skipped without one."""
+    if find_pg_bin() is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: "
+            "install Debian's postgresql package"
+        )
+    server = PgServer.start(tmp_path_factory.mktemp("pg"))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL of a new, empty database on the session server, dropped after the test."""
+    if not pg_server.running:  # a previous test stopped or killed it and did not restart it
+        pg_server.start_again()
+    name = f"mh_t{next(_pg_database_numbers)}"
+    url = pg_server.create_database(name)
+    yield url
+    if pg_server.running:
+        pg_server.drop_database(name)

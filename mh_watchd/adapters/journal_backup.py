@@ -47,6 +47,11 @@ class JournalBackup(JournalConnection):
         when `target` cannot be written (its directory missing, unwritable, full).
         """
         target = Path(os.path.abspath(target))
+        if self._dialect.shared or self._state_dir is None:
+            raise BackupRefused(
+                f"the journal is in the PostgreSQL database {self.where}: back it up with "
+                "PostgreSQL's own tools (pg_dump, or the server's backups), not mh-watchd backup"
+            )
         self._check_target(target, force=force)
         temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
@@ -60,6 +65,7 @@ class JournalBackup(JournalConnection):
         return BackupResult(path=target, size_bytes=target.stat().st_size, jobs=jobs)
 
     def _check_target(self, target: Path, *, force: bool) -> None:
+        assert self._state_dir is not None
         state_dir = Path(os.path.realpath(self._state_dir))
         where = Path(os.path.realpath(target))
         if where == state_dir or state_dir in where.parents:

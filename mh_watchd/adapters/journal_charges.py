@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mh_watchd.adapters.journal_backend import Conn
 from mh_watchd.adapters.journal_connection import JournalConnection
 
 
@@ -13,22 +14,12 @@ class CreditCharges(JournalConnection):
     """
 
     def credits_spent(self, day: str) -> int:
-        """Return credits spent on `day` (YYYY-MM-DD, by credits_day).
+        """Return credits spent on `day` (YYYY-MM-DD, by credits_day), on every host.
 
         Each job counts its best-known charge: final, else charged at create, else the estimate.
         """
         with self._reading() as conn:
-            booked = conn.execute(
-                "SELECT COALESCE(SUM(credits), 0) AS spent FROM charges WHERE day = ?", (day,)
-            ).fetchone()
-            # Jobs whose project is not booked yet (a create in flight or ambiguous) count too.
-            row = conn.execute(
-                "SELECT COALESCE(SUM(COALESCE(credits_final, credits_charged, credits_estimate,"
-                " 0)), 0) AS spent FROM jobs WHERE credits_day = ? AND (project_id IS NULL"
-                " OR project_id NOT IN (SELECT project_id FROM charges))",
-                (day,),
-            ).fetchone()
-        return int(booked["spent"]) + int(row["spent"])
+            return spent_on(conn, day)
 
     def book_charge(
         self, *, job_id: int, project_id: str, day: str, credits: int, at: float
@@ -41,3 +32,18 @@ class CreditCharges(JournalConnection):
                 " credits = excluded.credits, updated_at = excluded.updated_at",
                 (project_id, job_id, day, credits, at),
             )
+
+
+def spent_on(conn: Conn, day: str, *, except_job: int | None = None) -> int:
+    """Credits spent on `day` as `credits_spent` counts them, leaving out job `except_job`."""
+    booked = conn.execute(
+        "SELECT COALESCE(SUM(credits), 0) AS spent FROM charges WHERE day = ?", (day,)
+    ).fetchone()
+    # Jobs whose project is not booked yet (a create in flight or ambiguous) count too.
+    row = conn.execute(
+        "SELECT COALESCE(SUM(COALESCE(credits_final, credits_charged, credits_estimate,"
+        " 0)), 0) AS spent FROM jobs WHERE credits_day = ? AND id != ? AND (project_id"
+        " IS NULL OR project_id NOT IN (SELECT project_id FROM charges))",
+        (day, except_job if except_job is not None else 0),
+    ).fetchone()
+    return int(booked["spent"]) + int(row["spent"])

@@ -1,9 +1,13 @@
-"""The journal's SQLite connection: opening and migrating it, transactions, the daemon lock.
+"""The journal's connection: opening and migrating it, transactions, the daemon lock.
 
-`JournalConnection` owns the one connection and the one threading lock every journal call goes
+`JournalConnection` owns the one database connection (a `Backend`: SQLite by default, or
+PostgreSQL when `daemon.state_url` is set) and the one threading lock every journal call goes
 through; the other parts of `Journal` (jobs, requests, charges, folders) build on its
-`_reading` / `_writing` transactions. sqlite3 errors are translated in one place (`translated`):
-an integrity clash becomes `JournalConflict`, anything else `StateDirError`.
+`_reading` / `_writing` transactions. Database errors are translated by the back end: an
+integrity clash becomes `JournalConflict`, anything else `StateDirError`.
+
+A journal written by a daemon knows the daemon's host name (`host`): the jobs it holds carry it
+(see journal_claims), and on a shared database one daemon per host name may run.
 """
 
 from __future__ import annotations
@@ -11,75 +15,96 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
+from mh_watchd.adapters.journal_backend import (
+    BUSY_TIMEOUT_MS,
+    JOURNAL_FILENAME,
+    Backend,
+    Conn,
+    Dialect,
+    JournalConflict,
+    SqliteBackend,
+    lock_key,
+    translated,
+)
 from mh_watchd.adapters.journal_schema import MIGRATIONS, SCHEMA_VERSION, apply_migrations
-from mh_watchd.core.errors import AlreadyRunningError, MhWatchdError, StateDirError
-from mh_watchd.core.jobs import JobState
+from mh_watchd.core.errors import AlreadyRunningError, StateDirError
 
-JOURNAL_FILENAME = "journal.sqlite3"
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "JOURNAL_FILENAME",
+    "LOCK_FILENAME",
+    "STATE_DIR_MODE",
+    "JournalConflict",
+    "JournalConnection",
+    "translated",
+]
+
 LOCK_FILENAME = "mh-watchd.lock"
-BUSY_TIMEOUT_MS = 5000
 STATE_DIR_MODE = 0o750
-
-
-class JournalConflict(MhWatchdError):
-    """A write lost a race or clashed with a stored record (state moved on, id unknown, taken).
-
-    `job_id` and `actual_state` name the job and its stored state when that is what clashed.
-    """
-
-    def __init__(
-        self, message: str, *, job_id: int | None = None, actual_state: JobState | None = None
-    ) -> None:
-        self.job_id = job_id
-        self.actual_state = actual_state
-        super().__init__(message)
+DEFAULT_LEASE_SECONDS = 60.0
 
 
 class JournalConnection:
     """The journal's connection, lifecycle and daemon lock; the base of every part of `Journal`.
 
     Contract for the parts built on it: touch the connection only inside `_reading()` (queries)
-    or `_writing()` (exactly one BEGIN IMMEDIATE ... COMMIT transaction, rolled back when the
-    body raises). Both hold the instance's lock, so calls from several threads never interleave,
-    and both translate sqlite3 errors into JournalConflict / StateDirError.
+    or `_writing()` (exactly one transaction, rolled back when the body raises). Both hold the
+    instance's lock, so calls from several threads never interleave, and both translate the
+    database's errors into JournalConflict / StateDirError.
     """
 
-    def __init__(self, conn: sqlite3.Connection, state_dir: Path, *, readonly: bool) -> None:
-        """Wrap an open, migrated connection; use `Journal.open` instead."""
-        self._conn = conn
+    def __init__(self, backend: Backend, state_dir: Path | None, *, readonly: bool) -> None:
+        """Wrap an open, migrated back end; use `Journal.open` instead."""
+        self._db = backend
+        self._dialect: Dialect = backend.dialect
         self._state_dir = state_dir
-        self._path = state_dir / JOURNAL_FILENAME
+        self._path = (
+            backend.path
+            if isinstance(backend, SqliteBackend)
+            else Path(state_dir or ".") / JOURNAL_FILENAME
+        )
         self._readonly = readonly
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._closed = False
+        self._host: str | None = None
+        self._lease_seconds = DEFAULT_LEASE_SECONDS
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def open(cls, state_dir: Path, *, readonly: bool = False) -> Self:
-        """Open (creating and migrating unless `readonly`) the journal in `state_dir`.
+    def open(
+        cls, state_dir: Path | None, *, readonly: bool = False, url: str | None = None
+    ) -> Self:
+        """Open (creating and migrating unless `readonly`) the journal: the SQLite file in
+        `state_dir`, or the PostgreSQL database at `url` ("postgresql://...").
 
-        Returns the Journal. Raises StateDirError when the directory or file is unusable, when
-        `readonly` finds no journal or an older schema, or when the schema is newer than ours.
+        Returns the Journal. Raises StateDirError when the directory, file or database is
+        unusable, when `readonly` finds no journal or an older schema, or when the schema is
+        newer than ours.
         """
+        if url:
+            from mh_watchd.adapters.journal_pg import PgBackend
+
+            return cls(PgBackend.open(url, readonly=readonly), state_dir, readonly=readonly)
+        if state_dir is None:
+            raise StateDirError("no state_dir and no state_url: nowhere to keep the journal")
         path = state_dir / JOURNAL_FILENAME
         if readonly:
             if not path.is_file():
                 raise StateDirError(f"no journal yet at {path}")
-            conn = cls._connect(path.absolute().as_uri() + "?mode=ro", path, uri=True)
+            backend = SqliteBackend.connect(path, readonly=True)
             try:
-                cls._check_readonly_version(conn, path)
+                cls._check_readonly_version(backend)
             except BaseException:
-                conn.close()
+                backend.close()
                 raise
-            return cls(conn, state_dir, readonly=True)
+            return cls(backend, state_dir, readonly=True)
 
         try:
             state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
@@ -87,9 +112,10 @@ class JournalConnection:
             raise StateDirError(f"cannot create state_dir {state_dir}: {exc}") from exc
         if not state_dir.is_dir():
             raise StateDirError(f"state_dir {state_dir} is not a directory")
-        conn = cls._connect(str(path), path, uri=False)
+        backend = SqliteBackend.connect(path, readonly=False)
+        conn = backend.raw
         try:
-            with translated(path):
+            with backend.translated():
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StateDirError(
@@ -99,40 +125,16 @@ class JournalConnection:
                 conn.execute("PRAGMA synchronous = FULL")
                 apply_migrations(conn, MIGRATIONS)
         except BaseException:
-            conn.close()
+            backend.close()
             raise
-        return cls(conn, state_dir, readonly=False)
+        return cls(backend, state_dir, readonly=False)
 
     @staticmethod
-    def _connect(target: str, path: Path, *, uri: bool) -> sqlite3.Connection:
-        try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so DDL in migrations and
-            # every write is exactly one transaction. check_same_thread=False: self._lock
-            # serializes every use of the connection instead.
-            conn = sqlite3.connect(
-                target,
-                uri=uri,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-            )
-        except sqlite3.Error as exc:
-            raise StateDirError(f"cannot open journal {path}: {exc}") from exc
-        try:
-            with translated(path):
-                conn.row_factory = sqlite3.Row
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA foreign_keys = ON")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @staticmethod
-    def _check_readonly_version(conn: sqlite3.Connection, path: Path) -> None:
-        with translated(path):
-            conn.execute("PRAGMA query_only = ON")
-            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    def _check_readonly_version(backend: SqliteBackend) -> None:
+        path = backend.path
+        with backend.translated():
+            backend.raw.execute("PRAGMA query_only = ON")
+            found = int(backend.raw.execute("PRAGMA user_version").fetchone()[0])
         if found > SCHEMA_VERSION:
             raise StateDirError(
                 f"the journal's schema version {found} is newer than this mh-watchd knows "
@@ -153,7 +155,7 @@ class JournalConnection:
             if self._closed:
                 return
             self._closed = True
-            self._conn.close()
+            self._db.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # closing the descriptor drops the flock
                 self._lock_fd = None
@@ -166,18 +168,42 @@ class JournalConnection:
 
     @property
     def path(self) -> Path:
-        """The journal file."""
+        """The journal file (SQLite); for PostgreSQL, where it would be in the state_dir."""
         return self._path
+
+    @property
+    def where(self) -> str:
+        """Names the journal in messages: its file, or its database URL without a password."""
+        return self._db.where
 
     @property
     def readonly(self) -> bool:
         """True when opened read-only (for `status`)."""
         return self._readonly
 
+    @property
+    def shared(self) -> bool:
+        """True when several hosts may use this journal at once (PostgreSQL)."""
+        return self._dialect.shared
+
+    @property
+    def host(self) -> str | None:
+        """The host name the jobs this journal writes are held by (None: a tool, no claims)."""
+        return self._host
+
+    def set_host(self, host: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        """Write as daemon `host`: new and saved jobs are held by it, under leases of
+        `lease_seconds` (renewed by `renew_claims`)."""
+        if not host:
+            raise ValueError("a host name cannot be empty")
+        self._host = host
+        self._lease_seconds = float(lease_seconds)
+
     # ------------------------------------------------------------------ single instance
 
     def acquire_lock(self) -> None:
-        """Take the state_dir's exclusive daemon lock and write our pid into the lock file.
+        """Take the state_dir's exclusive daemon lock and write our pid into the lock file; on
+        a shared database also the lock of this host name, so one daemon runs per host name.
 
         Returns once held (again: a no-op). Raises AlreadyRunningError naming the holder's pid
         when another process (or Journal) holds it, StateDirError when the file is unusable.
@@ -187,56 +213,57 @@ class JournalConnection:
                 return
             if self._readonly:
                 raise StateDirError("a read-only journal cannot take the daemon lock")
-            lock_path = self._state_dir / LOCK_FILENAME
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise StateDirError(f"cannot open lock file {lock_path}: {exc}") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = _read_pid(fd)
-                os.close(fd)
-                who = f"pid {pid}" if pid is not None else "a process whose pid is not known yet"
-                raise AlreadyRunningError(
-                    f"another mh-watchd ({who}) is running on state_dir {self._state_dir}",
-                    pid=pid,
-                ) from None
-            except OSError as exc:
-                os.close(fd)
-                raise StateDirError(f"cannot lock {lock_path}: {exc}") from exc
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                os.fsync(fd)
-            except OSError as exc:
-                os.close(fd)
-                raise StateDirError(f"cannot write lock file {lock_path}: {exc}") from exc
+            if self._state_dir is None:
+                raise StateDirError("the daemon lock needs a state_dir")
+            fd = _flock_state_dir(self._state_dir)
+            if self._dialect.shared:
+                try:
+                    self._take_host_lock()
+                except BaseException:
+                    os.close(fd)
+                    raise
             self._lock_fd = fd
+
+    def _take_host_lock(self) -> None:
+        from mh_watchd.adapters.journal_pg import PgBackend
+
+        assert isinstance(self._db, PgBackend)
+        host = self._host
+        if host is None:
+            raise StateDirError("a daemon on a shared journal needs a host name")
+        with self._db.translated():
+            taken = self._db.session_lock(lock_key("host", host))
+        if not taken:
+            raise AlreadyRunningError(
+                f"another mh-watchd runs as host {host!r} on the journal at {self.where}; "
+                "give each daemon its own daemon.host_name",
+                pid=None,
+            )
 
     # ------------------------------------------------------------------ transactions
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, translated(self._path):
-            yield self._conn
+    def _reading(self) -> Iterator[Conn]:
+        with self._lock, self._db.translated():
+            yield self._db.connection()
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        # Callers hold no lock; this takes it, so one transaction at a time per Journal, and
-        # BEGIN IMMEDIATE takes SQLite's write lock up front (waiting busy_timeout for the CLI).
-        with self._lock, translated(self._path):
-            self._conn.execute("BEGIN IMMEDIATE")
+    def _writing(self) -> Iterator[Conn]:
+        # Callers hold no lock; this takes it, so one transaction at a time per Journal.
+        with self._lock, self._db.translated():
+            conn = self._db.connection()
+            self._db.begin()
             try:
-                yield self._conn
-                # synchronous=FULL: the commit is on disk when this returns (persist, then act).
-                self._conn.execute("COMMIT")
+                yield conn
+                self._db.commit()
             except BaseException:
-                # SQLite may already have rolled back (disk full, I/O error); a failed COMMIT
-                # (busy) leaves the transaction open.
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                self._db.rollback()
                 raise
+
+    def _notify(self, conn: Conn, what: str) -> None:
+        """Inside a write: wake the other hosts with `what` once it commits (shared only)."""
+        if self._dialect.notify is not None:
+            conn.execute(self._dialect.notify, (what,))
 
     # ------------------------------------------------------------------ health
 
@@ -246,27 +273,47 @@ class JournalConnection:
             if self._readonly or self._closed:
                 return False
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('healthz', 'probe')"
-                    )
-                finally:
-                    self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
+                with self._db.translated():
+                    conn = self._db.connection()
+                    self._db.begin()
+                    try:
+                        conn.execute(
+                            "INSERT INTO meta (key, value) VALUES ('healthz', 'probe')"
+                            " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                        )
+                    finally:
+                        self._db.rollback()
+            except StateDirError:
                 return False
             return True
 
 
-@contextlib.contextmanager
-def translated(path: Path) -> Iterator[None]:
-    """The one place sqlite3 errors become ours."""
+def _flock_state_dir(state_dir: Path) -> int:
+    lock_path = state_dir / LOCK_FILENAME
     try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise JournalConflict(f"journal {path}: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise StateDirError(f"journal {path}: {exc}") from exc
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StateDirError(f"cannot open lock file {lock_path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _read_pid(fd)
+        os.close(fd)
+        who = f"pid {pid}" if pid is not None else "a process whose pid is not known yet"
+        raise AlreadyRunningError(
+            f"another mh-watchd ({who}) is running on state_dir {state_dir}", pid=pid
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise StateDirError(f"cannot lock {lock_path}: {exc}") from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise StateDirError(f"cannot write lock file {lock_path}: {exc}") from exc
+    return fd
 
 
 def _read_pid(fd: int) -> int | None:

@@ -17,6 +17,7 @@ class FolderStatus:
     outage: str | None
     last_scan_at: float | None
     updated_at: float
+    host: str | None = None  # the daemon that recorded it (several may watch one folder)
 
 
 class FoldersAndMeta(JournalConnection):
@@ -36,11 +37,11 @@ class FoldersAndMeta(JournalConnection):
         with self._writing() as conn:
             conn.execute(
                 "INSERT INTO folders (name, watch_mode, watch_reason, outage, last_scan_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " watch_mode = excluded.watch_mode, watch_reason = excluded.watch_reason,"
+                " updated_at, host) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET watch_mode = excluded.watch_mode, watch_reason = excluded.watch_reason,"
                 " outage = excluded.outage, last_scan_at = excluded.last_scan_at,"
-                " updated_at = excluded.updated_at",
-                (folder, watch_mode, watch_reason, outage, last_scan_at, at),
+                " updated_at = excluded.updated_at, host = excluded.host",
+                (folder, watch_mode, watch_reason, outage, last_scan_at, at, self._host),
             )
 
     def folder_statuses(self) -> dict[str, FolderStatus]:
@@ -55,6 +56,7 @@ class FoldersAndMeta(JournalConnection):
                 outage=row["outage"],
                 last_scan_at=row["last_scan_at"],
                 updated_at=row["updated_at"],
+                host=row["host"],
             )
             for row in rows
         }

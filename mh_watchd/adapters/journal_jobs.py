@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mh_watchd.adapters.journal_backend import ClaimLost, Conn, OverBudget, lock_key
+from mh_watchd.adapters.journal_charges import spent_on
 from mh_watchd.adapters.journal_connection import JournalConflict, JournalConnection
 from mh_watchd.adapters.journal_rows import (
     JOB_INSERT_SQL,
+    JOB_UPDATE_KEEP_CLAIM_SQL,
     JOB_UPDATE_SQL,
     TERMINAL_VALUES,
     dump_detail,
@@ -60,19 +62,55 @@ class JobRecords(JournalConnection):
     Owns the `jobs` and `events` tables (reads `jobs` only through `job_from_row`).
     """
 
-    def insert(self, job: Job, *, event: str, detail: Mapping[str, Any] | None = None) -> Job:
-        """Store a new job (its timestamps as given) with its first event, in one transaction.
+    def insert(
+        self,
+        job: Job,
+        *,
+        event: str,
+        detail: Mapping[str, Any] | None = None,
+        expect_latest: int | None = None,
+    ) -> Job:
+        """Store a new job (its timestamps as given) with its first event, in one transaction;
+        a daemon's journal (`set_host`) holds it under a lease.
 
-        Returns the job with its new `id`. Raises ValueError if it already has one,
-        JournalConflict if its project_id belongs to another job.
+        `expect_latest`, when given, is the id of the newest job of this path the caller saw
+        (0: none): if another job of the path was recorded meanwhile (by another host seeing
+        the same file), nothing is written and JournalConflict says so. Returns the job with
+        its new `id`. Raises ValueError if it already has one, JournalConflict if its
+        project_id belongs to another job.
         """
         if job.id is not None:
             raise ValueError(f"job {job.id} is already in the journal; use save()")
         with self._writing() as conn:
-            job_id = conn.execute(JOB_INSERT_SQL, job_values(job)).lastrowid
-            assert job_id is not None  # an INSERT always sets it
+            if expect_latest is not None:
+                self._check_latest(conn, job.folder, job.rel_path, expect_latest)
+            job_id = self._insert_row(conn, job)
             _append_event(conn, job_id, job.updated_at, None, job.state, event, detail)
-        return dataclasses.replace(job, id=job_id)
+        return dataclasses.replace(job, id=job_id, holder=self._holder_for(job))
+
+    def _holder_for(self, job: Job) -> str | None:
+        return None if job.is_terminal else self._host
+
+    def _insert_row(self, conn: Conn, job: Job) -> int:
+        holder = self._holder_for(job)
+        lease = self._lease_seconds if holder is not None else None
+        sql = JOB_INSERT_SQL.format(now=self._dialect.now)
+        return int(conn.execute(sql, [*job_values(job), holder, lease]).fetchone()["id"])
+
+    def _check_latest(self, conn: Conn, folder: str, rel_path: str, expect: int) -> None:
+        if self._dialect.advisory_lock is not None:
+            # Two hosts recording the same new file: the second waits here, then sees the first.
+            conn.execute(self._dialect.advisory_lock, (lock_key("path", folder, rel_path),))
+        row = conn.execute(
+            "SELECT COALESCE(MAX(id), 0) AS latest FROM jobs WHERE folder = ? AND rel_path = ?",
+            (folder, rel_path),
+        ).fetchone()
+        if int(row["latest"]) != expect:
+            raise JournalConflict(
+                f"{folder}/{rel_path}: job {row['latest']} of this file was recorded meanwhile "
+                "(another host saw it too)",
+                job_id=int(row["latest"]),
+            )
 
     def insert_history(self, jobs: Iterable[tuple[Job, Sequence[BulkEvent]]]) -> int:
         """Bulk-load jobs, each with its whole history, in ONE transaction; returns how many.
@@ -89,8 +127,7 @@ class JobRecords(JournalConnection):
                     raise ValueError(f"job {job.id} is already in the journal; use save()")
                 if not history or history[-1].to_state is not job.state:
                     raise ValueError("a job's history must end in its state")
-                job_id = conn.execute(JOB_INSERT_SQL, job_values(job)).lastrowid
-                assert job_id is not None  # an INSERT always sets it
+                job_id = self._insert_row(conn, job)
                 for ev in history:
                     _append_event(
                         conn, job_id, ev.at, ev.from_state, ev.to_state, ev.event, ev.detail
@@ -105,20 +142,34 @@ class JobRecords(JournalConnection):
         event: str,
         detail: Mapping[str, Any] | None = None,
         expect_state: JobState | None = None,
+        budget: tuple[str, int] | None = None,
     ) -> Job:
         """Update a stored job and append its event (at `job.updated_at`) in one transaction.
 
-        Returns `job`. Raises JournalConflict when the job is unknown, when its stored state is
-        not `expect_state` (if given) or its project_id belongs to another job; IllegalTransition
-        when the stored state cannot move to `job.state`. Nothing is written when it raises.
+        A daemon's journal (`set_host`) writes only the jobs its host holds, or nobody does
+        (it takes those), renewing the lease; a finished job is held by nobody. `budget`
+        (day, limit) is for a move that spends: it is refused when the day's spending by every
+        host, this job's estimate included, would pass the limit.
+
+        Returns `job` (with its holder). Raises ClaimLost when another host holds the job,
+        OverBudget when `budget` refuses it, JournalConflict when the job is unknown, when its
+        stored state is not `expect_state` (if given) or its project_id belongs to another job;
+        IllegalTransition when the stored state cannot move to `job.state`. Nothing is written
+        when it raises.
         """
         if job.id is None:
             raise ValueError("a job without an id is not in the journal yet; use insert()")
         with self._writing() as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            if budget is not None:
+                self._check_budget(conn, job, *budget)
+            row = conn.execute(
+                f"SELECT state, holder FROM jobs WHERE id = ?{self._dialect.for_update}",
+                (job.id,),
+            ).fetchone()
             if row is None:
                 raise JournalConflict(f"job {job.id} is not in the journal", job_id=job.id)
             stored = JobState(row["state"])
+            self._check_holder(job.id, row["holder"])
             if expect_state is not None and stored is not expect_state:
                 raise JournalConflict(
                     f"job {job.id} is {stored.value}, not {expect_state.value}: it changed "
@@ -129,9 +180,44 @@ class JobRecords(JournalConnection):
             if stored is not job.state:
                 # A stale copy of the record must not drive the job somewhere the table forbids.
                 check_move(stored, job.state)
-            conn.execute(JOB_UPDATE_SQL, [*job_values(job), job.id])
+            holder = self._write_row(conn, job, row["holder"])
             _append_event(conn, job.id, job.updated_at, stored, job.state, event, detail)
-        return job
+            if job.is_terminal and row["holder"] is not None:
+                self._notify(conn, "released")
+        return dataclasses.replace(job, holder=holder)
+
+    def _check_holder(self, job_id: int, holder: str | None) -> None:
+        if self._host is not None and holder is not None and holder != self._host:
+            raise ClaimLost(
+                f"job {job_id} is held by host {holder!r} now", job_id=job_id, holder=holder
+            )
+
+    def _write_row(self, conn: Conn, job: Job, holder: str | None) -> str | None:
+        """The UPDATE of `save`; returns the holder it leaves."""
+        if self._host is None and not job.is_terminal:
+            conn.execute(JOB_UPDATE_KEEP_CLAIM_SQL, [*job_values(job), job.id])
+            return holder
+        new = self._holder_for(job)
+        lease = self._lease_seconds if new is not None else None
+        sql = JOB_UPDATE_SQL.format(now=self._dialect.now)
+        conn.execute(sql, [*job_values(job), new, lease, job.id])
+        return new
+
+    def _check_budget(self, conn: Conn, job: Job, day: str, limit: int) -> None:
+        if self._dialect.advisory_lock is not None:
+            # Hosts spending on the same day take turns here, so two never both fit in the
+            # last credits.
+            conn.execute(self._dialect.advisory_lock, (lock_key("budget", day),))
+        spent = spent_on(conn, day, except_job=job.id)
+        estimate = job.credits_estimate or 0
+        if limit and spent + estimate > limit:
+            assert job.id is not None
+            raise OverBudget(
+                f"job {job.id}: {spent} of {limit} credits are spent or booked today "
+                f"({day}) on every host; its estimate of {estimate} does not fit",
+                job_id=job.id,
+                spent=spent,
+            )
 
     def get(self, job_id: int) -> Job | None:
         """Return the job with this id, or None."""
@@ -185,7 +271,7 @@ class JobRecords(JournalConnection):
         where = f"state IN ({', '.join('?' for _ in values)})"
         params: list[Any] = list(values)
         if without_error_prefix is not None:
-            where += " AND (last_error IS NULL OR substr(last_error, 1, ?) != ?)"
+            where += " AND (last_error IS NULL OR substr(last_error, 1, CAST(? AS INTEGER)) != ?)"
             params += [len(without_error_prefix), without_error_prefix]
         order = "DESC" if newest_first else "ASC"
         return self._many(
@@ -197,7 +283,7 @@ class JobRecords(JournalConnection):
         with self._reading() as conn:
             rows = conn.execute(
                 "SELECT folder, COUNT(*) AS n FROM jobs WHERE state = ?"
-                " AND substr(last_error, 1, ?) = ? GROUP BY folder",
+                " AND substr(last_error, 1, CAST(? AS INTEGER)) = ? GROUP BY folder",
                 (state.value, len(prefix), prefix),
             ).fetchall()
         return {row["folder"]: int(row["n"]) for row in rows}
@@ -292,7 +378,7 @@ class JobRecords(JournalConnection):
 
 
 def _append_event(
-    conn: sqlite3.Connection,
+    conn: Conn,
     job_id: int,
     at: float,
     from_state: JobState | None,

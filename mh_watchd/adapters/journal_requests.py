@@ -7,11 +7,11 @@ a one-line result (`finish_request`), and the CLI polls `request` for that resul
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mh_watchd.adapters.journal_backend import Row
 from mh_watchd.adapters.journal_connection import JournalConflict, JournalConnection
 from mh_watchd.adapters.journal_rows import dump_detail
 
@@ -50,11 +50,14 @@ class CliRequests(JournalConnection):
                 and not conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()
             ):
                 raise JournalConflict(f"job {job_id} is not in the journal", job_id=job_id)
-            request_id = conn.execute(
-                "INSERT INTO requests (kind, job_id, created_at, detail) VALUES (?, ?, ?, ?)",
-                (kind, job_id, at, dump_detail(detail)),
-            ).lastrowid
-        assert request_id is not None
+            request_id = int(
+                conn.execute(
+                    "INSERT INTO requests (kind, job_id, created_at, detail)"
+                    " VALUES (?, ?, ?, ?) RETURNING id",
+                    (kind, job_id, at, dump_detail(detail)),
+                ).fetchone()["id"]
+            )
+            self._notify(conn, "request")
         return request_id
 
     def pending_requests(self) -> list[Request]:
@@ -71,6 +74,20 @@ class CliRequests(JournalConnection):
             row = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
         return _request_from_row(row) if row is not None else None
 
+    def claim_request(self, request_id: int) -> bool:
+        """Take a pending request for this host (`set_host`), so no other host handles it too.
+
+        Returns True when it is this host's to handle (taken now, or already), False when it is
+        finished or another host took it.
+        """
+        with self._writing() as conn:
+            changed = conn.execute(
+                "UPDATE requests SET claimed_by = ? WHERE id = ? AND handled_at IS NULL"
+                " AND (claimed_by IS NULL OR claimed_by = ?)",
+                (self._host, request_id, self._host),
+            ).rowcount
+        return changed == 1
+
     def finish_request(self, request_id: int, *, at: float, result: str) -> None:
         """Mark a request handled with a one-line `result`.
 
@@ -86,7 +103,7 @@ class CliRequests(JournalConnection):
                 raise JournalConflict(f"request {request_id} is unknown or already finished")
 
 
-def _request_from_row(row: sqlite3.Row) -> Request:
+def _request_from_row(row: Row) -> Request:
     return Request(
         id=row["id"],
         kind=row["kind"],

@@ -7,19 +7,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from mh_watchd.adapters.journal_backend import Row
 from mh_watchd.core.api import Style
 from mh_watchd.core.jobs import TERMINAL_STATES, HoldReason, Job, JobSettings, JobState, Output
 
-# Every Job field but `id` is a column of the same name (a test checks the schema agrees).
-JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job) if f.name != "id")
-JOB_INSERT_SQL = (
-    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' for _ in JOB_COLUMNS)})"
+# Every Job field but `id` and `holder` is a column of the same name, which `insert` and `save`
+# write (a test checks the schema agrees). `holder` and `lease_until` are the claim's columns:
+# only the claim statements and the fencing in `save` write them.
+CLAIM_FIELDS = frozenset({"id", "holder"})
+JOB_COLUMNS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(Job) if f.name not in CLAIM_FIELDS
 )
-JOB_UPDATE_SQL = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in JOB_COLUMNS)} WHERE id = ?"
+JOB_INSERT_SQL = (
+    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}, holder, lease_until)"
+    f" VALUES ({', '.join('?' for _ in JOB_COLUMNS)}, ?, {{now}} + ?) RETURNING id"
+)
+# With the claim ({now} + NULL is NULL: no holder, no lease), or leaving it as it is.
+JOB_UPDATE_SQL = (
+    f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in JOB_COLUMNS)}, holder = ?,"
+    " lease_until = {now} + ? WHERE id = ?"
+)
+JOB_UPDATE_KEEP_CLAIM_SQL = (
+    f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in JOB_COLUMNS)} WHERE id = ?"
+)
 TERMINAL_VALUES: tuple[str, ...] = tuple(sorted(s.value for s in TERMINAL_STATES))
 
 # SQLite integers are signed 64-bit, but st_ino is unsigned: some network and FUSE filesystems
@@ -80,9 +93,10 @@ def job_values(job: Job) -> list[Any]:
     return values
 
 
-def job_from_row(row: sqlite3.Row) -> Job:
+def job_from_row(row: Row) -> Job:
     data: dict[str, Any] = {name: row[name] for name in JOB_COLUMNS}
     data["id"] = row["id"]
+    data["holder"] = row["holder"]
     data["settings"] = _decode_settings(data["settings"])
     data["outputs"] = _decode_outputs(data["outputs"])
     data["inode"] = _decode_inode(data["inode"])

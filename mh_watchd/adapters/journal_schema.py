@@ -134,6 +134,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX jobs_by_folder_state ON jobs (folder, state)",
         "CREATE INDEX jobs_by_state_updated ON jobs (state, updated_at)",
     ),
+    (
+        # Several hosts, one queue (issue 13). A job is held by the host that works on it
+        # under a lease it renews (on SQLite there is one host, and the lease only tells a
+        # restart which jobs were its own); a CLI request is claimed by the host that handles
+        # it; a folder's status names the host that saw it; each daemon's host says it is alive.
+        "ALTER TABLE jobs ADD COLUMN holder TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_until REAL",
+        "CREATE INDEX jobs_by_holder ON jobs (holder) WHERE holder IS NOT NULL",
+        "ALTER TABLE requests ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE folders ADD COLUMN host TEXT",
+        """
+        CREATE TABLE hosts (
+            name TEXT PRIMARY KEY,
+            pid INTEGER,
+            version TEXT,
+            started_at REAL,
+            seen_at REAL NOT NULL
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION: int = len(MIGRATIONS)
 

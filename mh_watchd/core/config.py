@@ -58,7 +58,8 @@ API_KEYS: tuple[str, ...] = (
 DAEMON_KEYS: tuple[str, ...] = (
     "state_dir", "max_parallel_uploads", "max_active_renders", "daily_credit_limit",
     "settle_seconds", "rescan_seconds", "observer", "log_format", "http_listen", "umask",
-    "stop_grace_seconds", "http_token", "history_days",
+    "stop_grace_seconds", "http_token", "history_days", "state_url", "host_name",
+    "lease_seconds",
 )  # fmt: skip
 STYLE_KEYS: tuple[str, ...] = ("art_style", "model", "prompt", "prompt_type", "version")
 # Keys a preset (or an inline [folder.style]) may set besides the style itself; folder keys of
@@ -114,6 +115,14 @@ class DaemonConfig:
     http_token: str = field(default="", repr=False)
     # Events of finished jobs older than this many days are compacted; 0 keeps them forever.
     history_days: int = 365
+    # "postgresql://..." puts the journal in PostgreSQL, shared by several hosts; "" keeps it
+    # in state_dir (SQLite). Never logged with its password.
+    state_url: str = field(default="", repr=False)
+    # This daemon's name among the hosts sharing a journal ("" = the machine's host name).
+    host_name: str = ""
+    # A host holds its jobs under leases this long, renewed every third of it; a host that
+    # stops renewing loses its jobs to another after this long.
+    lease_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -597,7 +606,55 @@ def _parse_daemon(
         stop_grace_seconds=reader.number("stop_grace_seconds", 60.0),
         http_token=_parse_http_token(reader, http_listen),
         history_days=_parse_history_days(reader),
+        state_url=_parse_state_url(reader),
+        host_name=_parse_host_name(reader),
+        lease_seconds=_parse_lease_seconds(reader),
     )
+
+
+_HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MIN_LEASE_SECONDS = 2.0
+MAX_LEASE_SECONDS = 3600.0
+
+
+def _parse_state_url(reader: _Reader) -> str:
+    """daemon.state_url: "" or a PostgreSQL URL (its password, if any, is never echoed)."""
+    url = reader.string("state_url", "").strip()
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        shown = url.split("://", 1)[0] + "://..." if "://" in url else "this value"
+        reader.problem(
+            "state_url",
+            f"{shown} is not a PostgreSQL URL; write it like "
+            '"postgresql://mh-watchd@db.lan/mh_watchd" (keep the password in ~/.pgpass or '
+            "PGPASSFILE), or leave it out to keep the journal in daemon.state_dir",
+        )
+        return ""
+    return url
+
+
+def _parse_host_name(reader: _Reader) -> str:
+    """daemon.host_name: letters, digits, dot, dash, underscore; "" = the machine's name."""
+    name = reader.string("host_name", "")
+    if name and not _HOST_NAME_RE.match(name):
+        reader.problem(
+            "host_name",
+            f"{name!r} must be 1-63 letters, digits, '.', '-' or '_', starting with a letter "
+            "or digit (it names this daemon among the hosts sharing a journal)",
+        )
+        return ""
+    return name
+
+
+def _parse_lease_seconds(reader: _Reader) -> float:
+    value = reader.number("lease_seconds", 60.0, positive=True)
+    if not MIN_LEASE_SECONDS <= value <= MAX_LEASE_SECONDS:
+        reader.problem(
+            "lease_seconds",
+            f"must be between {MIN_LEASE_SECONDS:g} and {MAX_LEASE_SECONDS:g} seconds, "
+            f"not {value:g}",
+        )
+        return 60.0
+    return value
 
 
 def _parse_history_days(reader: _Reader) -> int:

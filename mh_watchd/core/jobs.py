@@ -155,6 +155,9 @@ class Job:
     progress: float = 0.0  # 0..1 upload or download progress, for status
     created_at: float = 0.0
     updated_at: float = 0.0
+    # The host (daemon.host_name) that holds this unfinished job, as the journal last said;
+    # written by the journal only (claims), never by a Job the daemon saves.
+    holder: str | None = None
 
     @property
     def is_terminal(self) -> bool:

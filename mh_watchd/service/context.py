@@ -21,6 +21,7 @@ from mh_watchd.adapters.metrics import Metrics
 from mh_watchd.adapters.watcher import NativeWatcher, Poller
 from mh_watchd.core.config import Config, FolderConfig
 from mh_watchd.core.errors import StateDirError
+from mh_watchd.core.jobs import Job
 from mh_watchd.core.tracker import IntakeTracker
 from mh_watchd.runner import Runner, StepOutcome
 from mh_watchd.service.loop import Loop
@@ -144,7 +145,11 @@ class JournalGate:
             log.error(
                 "journal.write_refused",
                 error=str(exc),
-                hint="free space or fix the disk under daemon.state_dir; work resumes by itself",
+                hint=(
+                    f"check the journal database ({self._journal.where}); work resumes by itself"
+                    if self._journal.shared
+                    else "free space or fix the disk under daemon.state_dir; work resumes by itself"
+                ),
             )
         else:
             self._wait = min(self._wait * 2, JOURNAL_RETRY_MAX_SECONDS)
@@ -190,6 +195,10 @@ class Context:
     dirty: bool = True
     # Jobs whose due time came: a pass over just these (nothing else changed for the rest).
     woken: set[int] = field(default_factory=set)
+
+    def holds(self, job: Job) -> bool:
+        """True when this daemon may write `job`: its host holds it, or nobody does."""
+        return job.holder is None or job.holder == self.journal.host
 
     def in_outage(self, folder: str) -> bool:
         rt = self.folders.get(folder)

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import structlog
 
+from mh_watchd.adapters.journal import ClaimLost, JournalConflict
 from mh_watchd.adapters.watcher import FsEvent
 from mh_watchd.core import naming
 from mh_watchd.core.api import estimate_credits
@@ -226,7 +227,11 @@ class Intake:
             intake_running=False,
             latest_finished=latest is None or latest.is_terminal,
             latest_started=latest is not None
-            and (latest.upload_file_path is not None or latest.id in self._ctx.in_flight),
+            and (
+                latest.upload_file_path is not None
+                or latest.id in self._ctx.in_flight
+                or not self._ctx.holds(latest)  # another host works on this file
+            ),
         ).value
 
     # ------------------------------------------------------------------ taking files in
@@ -318,11 +323,23 @@ class Intake:
         if latest is not None and not latest.is_terminal:
             self._refresh(rt, latest, r)
             return
-        self._queue(rt, r)
+        try:
+            self._queue(rt, r, expect_latest=(latest.id or 0) if latest is not None else 0)
+        except JournalConflict as exc:
+            if isinstance(exc, ClaimLost):
+                raise
+            # Another host recorded this file first: its job, not ours. Looked at again when
+            # it changes (or that job lets go of it).
+            log.info("intake.recorded_elsewhere", job_id=exc.job_id)
+            ctx.tracker.remember(key, stats)
 
     def _refresh(self, rt: FolderRuntime, latest: Job, r: IntakeResult) -> None:
         """The same path came back changed before its upload: refresh that job's facts."""
         key = (r.folder, r.rel_path)
+        if not self._ctx.holds(latest):
+            # Another host holds that job: the file is its to look at.
+            self._ctx.tracker.remember(key, (r.size, r.mtime_ns, r.inode))
+            return
         if latest.upload_file_path is not None or latest.id in self._ctx.in_flight:
             # A job started on this path meanwhile: look again once it lets go.
             self._ctx.tracker.touched(key, self._ctx.monotonic())
@@ -343,7 +360,7 @@ class Intake:
         self._book.save(updated, "job.source_refreshed", {})
         self._ctx.tracker.remember(key, (r.size, r.mtime_ns, r.inode))
 
-    def _queue(self, rt: FolderRuntime, r: IntakeResult) -> None:
+    def _queue(self, rt: FolderRuntime, r: IntakeResult, *, expect_latest: int) -> None:
         ctx = self._ctx
         now = ctx.clock()
         settings = self.settings_for(rt.config, r.rel_path)
@@ -367,7 +384,7 @@ class Intake:
             assert r.start_seconds is not None and r.end_seconds is not None
             estimate = estimate_credits(r.end_seconds - r.start_seconds, settings.fps_resolution)
             job = dataclasses.replace(job, credits_estimate=estimate)
-        job = self._book.insert(job, "job.queued", {"size": r.size})
+        job = self._book.insert(job, "job.queued", {"size": r.size}, expect_latest=expect_latest)
         ctx.tracker.remember((r.folder, r.rel_path), (r.size, r.mtime_ns, r.inode))
         log.info("job.queued", job_id=job.id, estimate=job.credits_estimate)
         limit = ctx.config.daemon.daily_credit_limit

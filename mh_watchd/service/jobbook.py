@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from mh_watchd.adapters.journal import ClaimLost
 from mh_watchd.core import backoff
 from mh_watchd.core.jobs import HoldReason, Job, JobState, hold, release, transition
 from mh_watchd.service.context import Context
@@ -63,22 +64,55 @@ class JobBook:
         self._ctx.loop.cancel(("job", job_id))
 
     # ------------------------------------------------------------------ writing
-    def insert(self, job: Job, event: str, detail: Mapping[str, Any]) -> Job:
-        saved = self._ctx.journal.insert(job, event=event, detail=dict(detail))
+    def insert(
+        self,
+        job: Job,
+        event: str,
+        detail: Mapping[str, Any],
+        *,
+        expect_latest: int | None = None,
+    ) -> Job:
+        """Record a new job; `expect_latest` as `Journal.insert` (another host's job of the
+        same file recorded meanwhile is a JournalConflict, and nothing is written)."""
+        saved = self._ctx.journal.insert(
+            job, event=event, detail=dict(detail), expect_latest=expect_latest
+        )
         self._track(saved)
         return saved
 
-    def save(self, job: Job, event: str, detail: Mapping[str, Any] | None = None) -> Job:
-        """Write `job` with `event`; the journal's row is what the book keeps."""
-        saved = self._ctx.journal.save(job, event=event, detail=dict(detail or {}))
+    def save(
+        self,
+        job: Job,
+        event: str,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        budget: tuple[str, int] | None = None,
+    ) -> Job:
+        """Write `job` with `event`; the journal's row is what the book keeps.
+
+        Raises ClaimLost (after letting go of the job: another host holds it now), OverBudget
+        when `budget` refuses a move that spends, and what `Journal.save` raises.
+        """
+        try:
+            saved = self._ctx.journal.save(
+                job, event=event, detail=dict(detail or {}), budget=budget
+            )
+        except ClaimLost as exc:
+            log.warning("job.claim_lost", job_id=job.id, holder=exc.holder)
+            if job.id is not None:
+                self.forget(job.id)
+            self._ctx.dirty = True
+            raise
         self._track(saved)
         return saved
 
     def move(self, job: Job, state: JobState, event: str, **changes: Any) -> Job:
-        """A legal transition to `state`, journaled and logged as `event`."""
+        """A legal transition to `state`, journaled and logged as `event` (`_budget`: see
+        `save`)."""
         detail = changes.pop("_detail", {})
+        budget = changes.pop("_budget", None)
         new = transition(job, state, updated_at=self._ctx.clock(), **changes)
-        saved = self.save(new, event, detail)
+        saved = self.save(new, event, detail, budget=budget)
         log.info(
             event,
             project_id=saved.project_id,

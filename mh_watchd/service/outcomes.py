@@ -7,11 +7,13 @@ scheduled meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
 import structlog
 
+from mh_watchd.adapters.journal import ClaimLost
 from mh_watchd.core import backoff
 from mh_watchd.core.api import Project
 from mh_watchd.core.jobs import HoldReason, Job, JobState
@@ -90,8 +92,15 @@ class OutcomeApplier:
             del ctx.in_flight[flight.job_id]  # stopping: the journal's state resumes it
             return
         job = ctx.journal.get(flight.job_id)
-        if job is not None:
+        if job is not None and not ctx.holds(job):
+            # Our lease ran out mid-step and another host took the job: its outcome is
+            # theirs to find out again (they resume by the journal's rules).
             with job_context(job):
+                log.warning("job.claim_lost", holder=job.holder, step=flight.step)
+            self._book.forget(flight.job_id)
+            job = None
+        if job is not None:
+            with job_context(job), contextlib.suppress(ClaimLost):  # the book let go of it
                 self._apply(job, outcome)
         del ctx.in_flight[flight.job_id]
         self._progress.pop(flight.job_id, None)

@@ -1,7 +1,12 @@
 """Requests from the command line (`mh-watchd retry`), handed over through the journal.
 
 The CLI writes a request row; the daemon looks for new ones every `REQUEST_CHECK_SECONDS`
-and answers each in the row. File moves a retry needs run in the folder's worker.
+(and at once when another host's write wakes it) and answers each in the row. File moves a
+retry needs run in the folder's worker.
+
+On a shared journal a request is answered by one host: one that has the job's folder and may
+write the job (it holds it, or nobody does). It claims the request first, so no two hosts move
+the same file back.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from mh_watchd.service.logctx import job_context
 log = structlog.get_logger("mh_watchd")
 
 REQUEST_CHECK_SECONDS = 1.0
+# On a shared journal LISTEN/NOTIFY brings requests at once; this is the net under it.
+SHARED_REQUEST_CHECK_SECONDS = 5.0
 _S = JobState
 
 Found = tuple[str, os.stat_result | None]
@@ -59,19 +66,35 @@ class RequestHandler:
     def start(self) -> None:
         self._ctx.loop.after(0.0, self._check, key="requests")
 
+    def check_now(self) -> None:
+        """Look at the pending requests on this turn (another host said one came)."""
+        self._ctx.loop.after(0.0, self._check, key="requests")
+
     def _check(self) -> None:
         ctx = self._ctx
         if ctx.stopping:
             return
-        ctx.loop.after(REQUEST_CHECK_SECONDS, self._check, key="requests")
+        every = SHARED_REQUEST_CHECK_SECONDS if ctx.journal.shared else REQUEST_CHECK_SECONDS
+        ctx.loop.after(every, self._check, key="requests")
         if ctx.gate.closed:
             return
         for request in ctx.journal.pending_requests():
-            if request.id in self._working:
+            if request.id in self._working or not self._ours(request.id, request.job_id):
                 continue
             result = self._handle(request.id, request.kind, request.job_id)
             if result is not None:
                 self._finish(request.id, request.kind, request.job_id, result)
+
+    def _ours(self, request_id: int, job_id: int | None) -> bool:
+        """On a shared journal: is this request this host's to answer? (Then it is claimed.)"""
+        ctx = self._ctx
+        if not ctx.journal.shared:
+            return True
+        if job_id is not None:
+            job = ctx.journal.get(job_id)
+            if job is not None and (job.folder not in ctx.folders or not ctx.holds(job)):
+                return False  # a host with the folder, or the job's holder, answers it
+        return ctx.journal.claim_request(request_id)
 
     def _finish(self, request_id: int, kind: str, job_id: int | None, result: str) -> None:
         self._ctx.journal.finish_request(request_id, at=self._ctx.clock(), result=result)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from mh_watchd.adapters.journal import ClaimLost, OverBudget
 from mh_watchd.core.effects import Effect, EffectKind, Facts, next_effect
 from mh_watchd.core.jobs import ACTIVE_RENDER_STATES, HoldReason, Job, JobState
 from mh_watchd.core.outcomes import Step
@@ -55,18 +56,24 @@ class Scheduler:
         *,
         progress: dict[int, float],
         on_done: Callable[[int], None],
+        lease_ok: Callable[[], bool] = lambda: True,
     ) -> None:
         self._ctx = ctx
         self._book = book
         self._account = account
         self._progress = progress
         self._on_done = on_done
+        self._lease_ok = lease_ok
 
     def schedule(self) -> None:
         """One pass over the due jobs that no step holds, in queue order: every unfinished
         job when something changed (`ctx.dirty`), else only the jobs whose due time came."""
         ctx = self._ctx
         if not (ctx.dirty or ctx.woken) or ctx.stopping or ctx.gate.closed:
+            return
+        if not self._lease_ok():
+            # The leases were not renewed in time: another host may take these jobs soon.
+            # The claim keeper's next renewal lets the pass run again.
             return
         if ctx.dirty:
             candidates = self._book.unfinished()
@@ -95,7 +102,12 @@ class Scheduler:
             effect = next_effect(job, fact)
             if effect.kind is not EffectKind.NONE:
                 with job_context(job):
-                    self._perform(job, effect, slots)
+                    try:
+                        self._perform(job, effect, slots)
+                    except ClaimLost:
+                        pass  # another host holds it now; the book let go of it
+                    except OverBudget as exc:
+                        self._over_budget(job, exc)
                 facts.clear()
         if daily_held:
             ctx.loop.after(DAILY_LIMIT_RECHECK_SECONDS, self._wake, key="daily-limit")
@@ -153,13 +165,18 @@ class Scheduler:
             now = self._ctx.clock()
             slots.spent_today = (slots.spent_today or 0) + (job.credits_estimate or 0)
             slots.active += 1
+            limit = self._ctx.config.daemon.daily_credit_limit
+            day = local_day(now)
             job = book.move(
                 job,
                 _S.SUBMITTING,
                 "job.submitting",
-                credits_day=local_day(now),
+                credits_day=day,
                 attempts=job.attempts,
                 due_at=None,
+                # Checked again in the write, with every host's spending: two hosts never
+                # both spend the day's last credits.
+                _budget=(day, limit) if limit else None,
             )
             self.start(job, effect.step)
         else:
@@ -171,6 +188,17 @@ class Scheduler:
                     job, _S.UPLOADING, "job.uploading", upload_file_path=None, due_at=None
                 )
             self.start(job, effect.step)
+
+    def _over_budget(self, job: Job, exc: OverBudget) -> None:
+        """Another host spent meanwhile: the create waits for the day's limit like any other."""
+        limit = self._ctx.config.daemon.daily_credit_limit
+        estimate = job.credits_estimate or 0
+        self._book.hold(
+            job,
+            HoldReason.DAILY_LIMIT,
+            f"spent today {exc.spent} (every host) + estimate {estimate} > limit {limit}",
+        )
+        self._ctx.loop.after(DAILY_LIMIT_RECHECK_SECONDS, self._wake, key="daily-limit")
 
     # ------------------------------------------------------------------ steps
     def start(self, job: Job, step: Step) -> None:

@@ -16,11 +16,18 @@ PUBLIC_NAMES = {
     "STATE_DIR_MODE",
     "FolderStatus",
     "BulkEvent",
+    "ClaimLost",
+    "Claimed",
+    "HostInfo",
+    "Listening",
+    "OverBudget",
     "JobEvent",
     "Journal",
     "JournalConflict",
     "Request",
     "apply_migrations",
+    "host_name",
+    "open_journal",
 }
 
 PUBLIC_METHODS = {
@@ -59,6 +66,21 @@ PUBLIC_METHODS = {
     "get_meta",
     "compact_history",
     "backup",
+    # several hosts (issue 13)
+    "where",
+    "shared",
+    "host",
+    "set_host",
+    "listen",
+    "lease_seconds",
+    "register_host",
+    "hosts",
+    "database_now",
+    "claim_jobs",
+    "renew_claims",
+    "release_claims",
+    "holders",
+    "claim_request",
 }
 
 
@@ -75,4 +97,4 @@ def test_journal_has_exactly_its_public_methods() -> None:
 
 def test_journal_open_is_still_a_classmethod_with_the_same_parameters() -> None:
     assert inspect.ismethod(Journal.open) and Journal.open.__self__ is Journal
-    assert list(inspect.signature(Journal.open).parameters) == ["state_dir", "readonly"]
+    assert list(inspect.signature(Journal.open).parameters) == ["state_dir", "readonly", "url"]

@@ -13,6 +13,7 @@ from mh_watchd.adapters.journal import (
     Journal,
     apply_migrations,
 )
+from mh_watchd.adapters.journal_rows import JOB_COLUMNS, job_values
 from mh_watchd.core.jobs import JobState
 from tests.adapters.test_journal import new_job
 
@@ -30,36 +31,32 @@ def build_old_journal(state_dir: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == OLD_VERSION
     finally:
         conn.close()
-    # Rows written with today's column layout (the first two migrations made every column).
-    journal = Journal(
-        sqlite3.connect(
-            state_dir / JOURNAL_FILENAME, isolation_level=None, check_same_thread=False
+    # Rows written as that version wrote them: every Job column (no claims yet), one event.
+    jobs = [
+        new_job(
+            "a.mp4",
+            state=S.FAILED,
+            last_error="superseded: the file changed during upload; taken again as a new version",
         ),
-        state_dir,
-        readonly=False,
-    )
-    journal._conn.row_factory = sqlite3.Row
+        new_job("b.mp4", state=S.FAILED, last_error="not a readable video"),
+        new_job("c.mp4", state=S.FAILED, last_error="Superseded by nothing: a real failure"),
+        new_job("d.mp4", state=S.DONE),
+    ]
+    conn = sqlite3.connect(state_dir / JOURNAL_FILENAME, isolation_level=None)
     try:
-        journal.insert(
-            new_job(
-                "a.mp4",
-                state=S.FAILED,
-                last_error="superseded: the file changed during upload; taken again as a new "
-                "version",
-            ),
-            event="job.superseded",
-        )
-        journal.insert(
-            new_job("b.mp4", state=S.FAILED, last_error="not a readable video"),
-            event="job.failed",
-        )
-        journal.insert(
-            new_job("c.mp4", state=S.FAILED, last_error="Superseded by nothing: a real failure"),
-            event="job.failed",
-        )
-        journal.insert(new_job("d.mp4", state=S.DONE), event="job.done")
+        for job in jobs:
+            job_id = conn.execute(
+                f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)})"
+                f" VALUES ({', '.join('?' for _ in JOB_COLUMNS)})",
+                job_values(job),
+            ).lastrowid
+            conn.execute(
+                "INSERT INTO events (job_id, at, from_state, to_state, event, detail)"
+                " VALUES (?, ?, NULL, ?, ?, '{}')",
+                (job_id, job.updated_at, job.state.value, f"job.{job.state.value}"),
+            )
     finally:
-        journal.close()
+        conn.close()
 
 
 def test_the_superseded_migration_is_the_next_schema_version() -> None:
