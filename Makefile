@@ -69,7 +69,7 @@ image:
 	@test -n "$(ENGINE)" || { echo "make image: neither podman nor docker is installed" >&2; exit 69; }
 	@if [ "$(WHEELS)" = prebuilt ]; then \
 		$(MAKE) --no-print-directory $(STAMP) && rm -f container/wheels/*.whl && \
-		$(BIN)/python -m pip wheel --quiet --wheel-dir container/wheels . tzdata || exit 1; \
+		$(BIN)/python -m pip wheel --quiet --wheel-dir container/wheels '.[postgresql]' tzdata || exit 1; \
 	fi
 	$(ENGINE) build $(if $(findstring podman,$(notdir $(ENGINE))),--format docker) \
 		--build-arg BASE=$(BASE) --build-arg WHEELS=$(WHEELS) \

@@ -7,10 +7,11 @@ import json
 import os
 import stat
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mh_watchd.adapters.journal import Journal
+from mh_watchd.adapters.journal import Journal, host_name
 from mh_watchd.core import naming
 from mh_watchd.core.config import Config
 from mh_watchd.core.jobs import HoldReason, Job, JobState
@@ -84,10 +85,13 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
     """Everything `status` shows, as plain data (also the `--json` document).
 
     Lists hold at most LIST_LIMIT jobs each (active and held: the oldest; failed: the newest),
-    with `totals` saying how many there are in all.
+    with `totals` saying how many there are in all. `hosts` lists the daemons that use the
+    journal (several on a shared one), each with the unfinished jobs it holds; the active and
+    held rows name the host holding each job.
     """
     now = time.time() if now is None else now
-    pid, running = _daemon_running(journal)
+    this_host = host_name(config.daemon)
+    hosts = build_hosts(journal, config, this_host)
     counts = journal.counts_by_folder_and_state()
     # Recorded as failed by an older daemon: count those as what they are.
     legacy = journal.counts_with_error_prefix(JobState.FAILED, LEGACY_SUPERSEDED_PREFIX)
@@ -98,23 +102,6 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
             del counts[key]
         new_key = (folder, JobState.SUPERSEDED.value)
         counts[new_key] = counts.get(new_key, 0) + n
-    statuses = journal.folder_statuses()
-    names = [f.name for f in config.folders]
-    names += sorted({folder for folder, _ in counts} - set(names))
-    folders = []
-    for name in names:
-        st = statuses.get(name)
-        folders.append(
-            {
-                "name": name,
-                "configured": config.folder(name) is not None,
-                "watch_mode": st.watch_mode if st else None,
-                "watch_reason": st.watch_reason if st else None,
-                "outage": st.outage if st else None,
-                "last_scan_at": _iso(st.last_scan_at) if st else None,
-                "counts": {s: n for (f, s), n in sorted(counts.items()) if f == name},
-            }
-        )
     active = [_active(job, now) for job in journal.some_jobs(_ACTIVE, limit=LIST_LIMIT)]
     held = [build_held_row(job) for job in journal.some_jobs([JobState.HELD], limit=LIST_LIMIT)]
     # Superseded jobs are history (the folder counts), never failures needing action.
@@ -130,8 +117,16 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
         dt.date.fromisoformat(day) + dt.timedelta(days=1), dt.time()
     ).astimezone()
     return {
-        "daemon": {"pid": pid, "running": running},
-        "folders": folders,
+        "daemon": _daemon(journal, this_host, hosts["hosts"]),
+        "journal": {
+            "where": journal.where,
+            "shared": journal.shared,
+            "lease_seconds": config.daemon.lease_seconds,
+            "stale_after_seconds": hosts["stale_after_seconds"],
+        },
+        "hosts": hosts["hosts"],
+        "unheld_jobs": hosts["unheld_jobs"],
+        "folders": _folders(journal, config, counts),
         "active": active,
         "held": held,
         "failed": failed,
@@ -143,6 +138,97 @@ def build(journal: Journal, config: Config, *, now: float | None = None) -> dict
             "daily_limit": config.daemon.daily_credit_limit,
             "resets_at": tomorrow.isoformat(timespec="seconds"),
         },
+    }
+
+
+def _folders(
+    journal: Journal, config: Config, counts: dict[tuple[str, str], int]
+) -> list[dict[str, Any]]:
+    """Each folder (the configured ones first, then those only the journal knows) with its
+    job counts and how it was last watched, by which host."""
+    statuses = journal.folder_statuses()
+    names = [f.name for f in config.folders]
+    names += sorted({folder for folder, _ in counts} - set(names))
+    folders = []
+    for name in names:
+        st = statuses.get(name)
+        folders.append(
+            {
+                "name": name,
+                "configured": config.folder(name) is not None,
+                "watch_mode": st.watch_mode if st else None,
+                "watch_reason": st.watch_reason if st else None,
+                "outage": st.outage if st else None,
+                "last_scan_at": _iso(st.last_scan_at) if st else None,
+                "host": st.host if st else None,
+                "counts": {s: n for (f, s), n in sorted(counts.items()) if f == name},
+            }
+        )
+    return folders
+
+
+# A host not seen (no lease renewal) for this many leases is shown as stale: it stopped, or
+# lost the database; its jobs went (or go) to the other hosts once its leases ran out.
+STALE_LEASES = 3
+
+
+def build_hosts(journal: Journal, config: Config, this_host: str) -> dict[str, Any]:
+    """The daemons that use the journal (`journal.hosts()`, plus any host that holds jobs
+    without having registered), each with how long ago it was last seen on the database's
+    clock, whether that makes it stale, and how many unfinished jobs it holds; and how many
+    unfinished jobs nobody holds. Three queries, whatever the journal's size."""
+    stale_after = STALE_LEASES * config.daemon.lease_seconds
+    held = journal.holders()
+    known = journal.hosts()
+    db_now = journal.database_now() if known else 0.0
+    rows = []
+    for info in known:
+        ago = max(0.0, db_now - info.seen_at)
+        rows.append(
+            {
+                "name": info.name,
+                "this_host": info.name == this_host,
+                "pid": info.pid,
+                "version": info.version,
+                "started_at": _iso(info.started_at),
+                "seen_at": _iso(info.seen_at),
+                "seen_seconds_ago": round(ago),
+                "stale": ago > stale_after,
+                "jobs_held": held.get(info.name, 0),
+            }
+        )
+    names = {info.name for info in known}
+    for name in sorted(set(held) - names - {""}):
+        rows.append(  # holds jobs but never said it runs: nothing known of it but its jobs
+            {
+                "name": name,
+                "this_host": name == this_host,
+                "pid": None,
+                "version": None,
+                "started_at": None,
+                "seen_at": None,
+                "seen_seconds_ago": None,
+                "stale": True,
+                "jobs_held": held[name],
+            }
+        )
+    return {"hosts": rows, "unheld_jobs": held.get("", 0), "stale_after_seconds": stale_after}
+
+
+def _daemon(journal: Journal, this_host: str, hosts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Is this host's daemon running? On SQLite (one machine) by the pid it recorded; on a
+    shared journal by when this host was last seen (a pid means nothing on another machine),
+    with every host seen lately in `alive_hosts`."""
+    alive = [h["name"] for h in hosts if not h["stale"]]
+    if not journal.shared:
+        pid, running = _daemon_running(journal)
+        return {"pid": pid, "running": running, "host": this_host, "alive_hosts": alive}
+    mine = next((h for h in hosts if h["name"] == this_host), None)
+    return {
+        "pid": mine["pid"] if mine else None,
+        "running": bool(mine and not mine["stale"]),
+        "host": this_host,
+        "alive_hosts": alive,
     }
 
 
@@ -231,6 +317,7 @@ def _active(job: Job, now: float) -> dict[str, Any]:
         "file": job.rel_path,
         "state": job.state.value,
         "project_id": job.project_id,
+        "host": job.holder,
     }
     if job.state in (JobState.UPLOADING, JobState.DOWNLOADING):
         row["progress_percent"] = round(job.progress * 100, 1)
@@ -302,24 +389,25 @@ def build_held_row(job: Job) -> dict[str, Any]:
         "resumes_as": job.resume_state.value if job.resume_state else None,
         "project_id": job.project_id,
         "service_name": job.service_name,
+        "host": job.holder,
     }
 
 
 def render(data: dict[str, Any]) -> str:
     """The report as lines for a terminal."""
-    lines = []
-    d = data["daemon"]
-    lines.append(
-        f"daemon: {'running' if d['running'] else 'not running'}"
-        + (f" (pid {d['pid']})" if d["pid"] and d["running"] else "")
-    )
+    several = several_hosts(data)
+    stale = stale_hosts(data)
+    lines = [_daemon_line(data, several)]
+    if several:
+        lines += _hosts_lines(data)
     lines.append("")
     lines.append("folders:")
     for f in data["folders"]:
         counts = ", ".join(f"{s} {n}" for s, n in f["counts"].items()) or "no jobs"
         mode = f["watch_mode"] or "unknown"
         reason = f" ({f['watch_reason']})" if f["watch_reason"] else ""
-        lines.append(f"  {f['name']}: {counts}; watch {mode}{reason}")
+        by = f", reported by {f['host']}" if several and f.get("host") else ""
+        lines.append(f"  {f['name']}: {counts}; watch {mode}{reason}{by}")
         if f["outage"]:
             lines.append(f"    OUTAGE: {f['outage']}")
         if not f["configured"]:
@@ -336,14 +424,15 @@ def render(data: dict[str, Any]) -> str:
                 extra = f" {j['render_status']} for {j['render_seconds']} s"
             if j.get("last_error"):
                 extra += f" (retrying: {j['last_error']})"
-            lines.append(f"  #{j['id']} {j['folder']}/{j['file']}: {j['state']}{extra}")
+            name = _job_name(j, several, stale)
+            lines.append(f"  {name}: {j['state']}{extra}")
         lines += _more(totals.get("active", 0), len(data["active"]), "oldest")
     if data["held"]:
         lines.append("")
         lines.append("held:")
         for j in data["held"]:
             reason = j["hold_reason"] or "held"
-            lines.append(f"  #{j['id']} {j['folder']}/{j['file']}: {reason}: {j['why']}")
+            lines.append(f"  {_job_name(j, several, stale)}: {reason}: {j['why']}")
         lines += _more(totals.get("held", 0), len(data["held"]), "oldest")
     if data["failed"]:
         lines.append("")
@@ -359,6 +448,86 @@ def render(data: dict[str, Any]) -> str:
         f"resets {c['resets_at']}"
     )
     return "\n".join(lines)
+
+
+def several_hosts(data: Mapping[str, Any]) -> bool:
+    """True when the report is worth naming hosts in: a shared journal, or a SQLite one that
+    knows a host other than this one (the machine was renamed, or daemon.host_name changed)."""
+    if data.get("journal", {}).get("shared"):
+        return True
+    return any(not h["this_host"] for h in data.get("hosts", []))
+
+
+def stale_hosts(data: Mapping[str, Any]) -> set[str]:
+    """The hosts the report marks stale (not seen for STALE_LEASES leases)."""
+    return {h["name"] for h in data.get("hosts", []) if h["stale"]}
+
+
+def _job_name(job: dict[str, Any], several: bool, stale: set[str]) -> str:
+    """`#id folder/file`, then `on HOST` (stale or not) when several hosts share the journal."""
+    name = f"#{job['id']} {job['folder']}/{job['file']}"
+    host = job.get("host")
+    if several and host:
+        name += f" on {host}" + (" (stale)" if host in stale else "")
+    return name
+
+
+def ago(seconds: float | None) -> str:
+    """A time span in the largest unit that fits: "12 s", "4 min", "3 h", "2 d"."""
+    if seconds is None:
+        return "never"
+    whole = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if whole >= size:
+            return f"{whole // size} {unit}"
+    return f"{whole} s"
+
+
+def _daemon_line(data: dict[str, Any], several: bool) -> str:
+    d = data["daemon"]
+    if not data.get("journal", {}).get("shared"):
+        return f"daemon: {'running' if d['running'] else 'not running'}" + (
+            f" (pid {d['pid']})" if d["pid"] and d["running"] else ""
+        )
+    here = (
+        f"running on {d['host']} (pid {d['pid']})"
+        if d["running"]
+        else (f"not running on {d['host']}")
+    )
+    alive = d.get("alive_hosts", [])
+    total = len(data.get("hosts", []))
+    return f"daemon: {here}; {len(alive)} of {total} host(s) alive"
+
+
+def _hosts_lines(data: dict[str, Any]) -> list[str]:
+    """The hosts section: each host, when it was last seen, and the jobs it holds."""
+    journal = data.get("journal", {})
+    stale_after = ago(journal.get("stale_after_seconds"))
+    lines = ["", f"hosts (journal {journal.get('where')}; stale when unseen for {stale_after}):"]
+    for h in data["hosts"]:
+        name = h["name"] + (" (this host)" if h["this_host"] else "")
+        facts = []
+        if h["pid"] is not None:
+            facts.append(f"pid {h['pid']}")
+        if h["version"]:
+            facts.append(f"version {h['version']}")
+        if h["seen_seconds_ago"] is None:
+            facts.append("never registered")
+        else:
+            facts.append(f"seen {ago(h['seen_seconds_ago'])} ago")
+        if h["stale"]:
+            facts.append("STALE")
+        jobs = h["jobs_held"]
+        lines.append(f"  {name}: {', '.join(facts)}; holds {jobs} job{'s' if jobs != 1 else ''}")
+    if not data["hosts"]:
+        lines.append("  no daemon has used this journal yet")
+    unheld = data.get("unheld_jobs", 0)
+    if unheld:
+        lines.append(
+            f"  nobody holds {unheld} unfinished job{'s' if unheld != 1 else ''} "
+            "(free: a host that watches their folder takes them)"
+        )
+    return lines
 
 
 def _more(total: int, shown: int, which: str) -> list[str]:

@@ -63,8 +63,17 @@ def _resolve(journal: Journal, raw: str) -> Job | str:
     return job
 
 
+# On a shared journal a host counts as running when it renewed its leases this recently (a
+# daemon renews every third of daemon.lease_seconds; 60 s by default).
+SHARED_ALIVE_SECONDS = 180.0
+
+
 def daemon_running(journal: Journal) -> bool:
-    """True when the pid the daemon recorded in the journal is alive on this host."""
+    """True when a daemon will see the requests: on SQLite, the pid the daemon recorded in
+    the journal is alive on this machine; on a shared journal, some host renewed lately."""
+    if journal.shared:
+        now = journal.database_now()
+        return any(now - h.seen_at < SHARED_ALIVE_SECONDS for h in journal.hosts())
     pid = journal.get_meta("daemon_pid")
     if not pid or not pid.isdigit():
         return False

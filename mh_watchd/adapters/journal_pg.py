@@ -242,7 +242,13 @@ class PgBackend:
         psycopg = _psycopg()
         from psycopg.rows import dict_row
 
-        options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        # The server drops this session (and its host-name lock) about a minute after this
+        # machine vanishes (power cut, cable), not after the kernel's default two hours: a
+        # restarted daemon must not find its own host name taken by its former self.
+        options = (
+            f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c tcp_keepalives_idle=30"
+            " -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+        )
         if self._readonly:
             options += " -c default_transaction_read_only=on"
         try:
@@ -253,6 +259,12 @@ class PgBackend:
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 application_name="mh-watchd",
                 options=options,
+                # ...and this side notices a silent server as fast.
+                keepalives=1,
+                keepalives_idle=30,
+                keepalives_interval=10,
+                keepalives_count=3,
+                tcp_user_timeout=30_000,  # ms a sent query may go unacknowledged
             )
         except psycopg.Error as exc:
             raise StateDirError(f"cannot reach the journal database {self.where}: {exc}") from exc

@@ -202,3 +202,62 @@ def release(job: Job, **changes: object) -> Job:
     if job.state is not JobState.HELD or job.resume_state is None:
         raise IllegalTransition("only a held job with a resume_state can be released")
     return transition(job, job.resume_state, **changes)
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where one host reaches a folder: its inbox, outbox, archive and failed folders."""
+
+    inbox: str
+    outbox: str
+    archive: str
+    failed: str
+
+
+def with_roots(job: Job, roots: Roots) -> Job:
+    """`job` with every path it holds moved from the roots it was recorded with to `roots`.
+
+    Hosts that share a journal may reach one share by different paths (/volume1/video on the
+    NAS, /mnt/nas/video on the desktop). A job carries the paths of the host that recorded it;
+    the host that holds it works with its own: the settings' roots, and each path inside them
+    (outputs, the archived or failed original, the uploaded source). A path outside every root
+    (a converted temp file in another host's state_dir) is left as it is. The same job when the
+    roots are the same.
+    """
+    s = job.settings
+    moves = sorted(
+        (
+            (s.inbox, roots.inbox),
+            (s.outbox, roots.outbox),
+            (s.archive, roots.archive),
+            (s.failed, roots.failed),
+        ),
+        key=lambda pair: len(pair[0]),
+        reverse=True,  # the most specific root first: an archive may lie inside the inbox
+    )
+    if all(old == new for old, new in moves):
+        return job
+
+    def moved(path: str | None) -> str | None:
+        if path is None:
+            return None
+        for old, new in moves:
+            if path == old:
+                return new
+            if path.startswith(old.rstrip("/") + "/"):
+                return new.rstrip("/") + path[len(old.rstrip("/")) :]
+        return path
+
+    return dataclasses.replace(
+        job,
+        settings=dataclasses.replace(
+            s, inbox=roots.inbox, outbox=roots.outbox, archive=roots.archive, failed=roots.failed
+        ),
+        outputs=tuple(
+            dataclasses.replace(o, temp_path=moved(o.temp_path), final_path=moved(o.final_path))
+            for o in job.outputs
+        ),
+        archive_path=moved(job.archive_path),
+        failed_path=moved(job.failed_path),
+        upload_source=moved(job.upload_source),
+    )

@@ -138,6 +138,11 @@ class ClaimKeeper:
                         project_id=job.project_id,
                     )
                 job = self._recovered(job, claimed.taken_from)
+                local = ctx.local(job)
+                if local != job:  # recorded by a host that reaches the folder elsewhere
+                    job = ctx.journal.save(
+                        local, event="job.paths_local", detail={"inbox": local.settings.inbox}
+                    )
             self._book.load(job)
             ctx.dirty = True
 

@@ -21,7 +21,7 @@ from mh_watchd.adapters.metrics import Metrics
 from mh_watchd.adapters.watcher import NativeWatcher, Poller
 from mh_watchd.core.config import Config, FolderConfig
 from mh_watchd.core.errors import StateDirError
-from mh_watchd.core.jobs import Job
+from mh_watchd.core.jobs import Job, Roots, with_roots
 from mh_watchd.core.tracker import IntakeTracker
 from mh_watchd.runner import Runner, StepOutcome
 from mh_watchd.service.loop import Loop
@@ -195,6 +195,19 @@ class Context:
     dirty: bool = True
     # Jobs whose due time came: a pass over just these (nothing else changed for the rest).
     woken: set[int] = field(default_factory=set)
+
+    def local(self, job: Job) -> Job:
+        """On a shared journal: `job` with the paths this host reaches its folder by (hosts
+        may mount one share at different paths; see `with_roots`). Else `job` itself."""
+        if not self.journal.shared:
+            return job
+        folder = next((f for f in self.config.folders if f.name == job.folder), None)
+        if folder is None:
+            return job
+        roots = Roots(
+            str(folder.inbox), str(folder.outbox), str(folder.archive), str(folder.failed)
+        )
+        return with_roots(job, roots)
 
     def holds(self, job: Job) -> bool:
         """True when this daemon may write `job`: its host holds it, or nobody does."""

@@ -113,6 +113,7 @@ class RequestHandler:
         if job.state is _S.SUPERSEDED:
             return "superseded: the file changed before its upload finished; nothing to retry"
         if job.state in (_S.FAILED, _S.DONE):
+            job = self._ctx.local(job)  # recorded by another host: this host's paths
             rt = self._ctx.folders.get(job.folder)
             pool = rt.io if rt is not None and not rt.closed else self._ctx.api_pool
             fut = pool.submit(self._find_files, job)
@@ -148,6 +149,7 @@ class RequestHandler:
         job = self._ctx.journal.get(job_id)
         if job is None or job.state not in (_S.FAILED, _S.DONE) or job_id in self._ctx.in_flight:
             return "the job changed meanwhile; nothing done"
+        job = self._ctx.local(job)
         if st is None:
             if job.state is _S.FAILED:
                 return "the original is not in the failed folder or the inbox any more"

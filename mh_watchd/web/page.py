@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mh_watchd.report import ago, several_hosts, stale_hosts
+
 REFRESH_SECONDS = 5
 
 _CSS = """
@@ -111,24 +113,48 @@ def login_page(*, nonce: str, error: str | None = None) -> str:
 def status_page(data: Mapping[str, Any], options: PageOptions) -> str:
     """The whole page for one `status` document."""
     totals: Mapping[str, int] = data.get("totals", {})
+    names = _HostNames(several_hosts(data), stale_hosts(data))
     parts = [
         _header(data, options),
+        _hosts(data) if names.shown else "",
         _credits(data["credits"]),
-        _folders(data["folders"]),
-        _active(data["active"], totals.get("active")),
-        _held(data["held"], options, totals.get("held")),
+        _folders(data["folders"], names),
+        _active(data["active"], totals.get("active"), names),
+        _held(data["held"], options, totals.get("held"), names),
         _failed(data["failed"], options, totals.get("failed")),
         _recent(data.get("recent", [])),
     ]
     return _document("mh-watchd", "\n".join(parts), options.nonce, refresh=True)
 
 
+@dataclass(frozen=True)
+class _HostNames:
+    """Whether the page names hosts (several share the journal), and which are stale."""
+
+    shown: bool
+    stale: set[str]
+
+    def on(self, host: object, *, mark_stale: bool = True) -> str:
+        """The words "on HOST" to put after a job or folder (with "(stale)" when it is), or
+        nothing when the page names no hosts or `host` is not known."""
+        if not self.shown or not host:
+            return ""
+        stale = mark_stale and host in self.stale
+        mark = ' <span class="warn">(stale)</span>' if stale else ""
+        return f' <span class="muted">on <span class="host">{_e(host)}</span></span>{mark}'
+
+
 def _header(data: Mapping[str, Any], options: PageOptions) -> str:
     daemon = data["daemon"]
+    shared = bool(data.get("journal", {}).get("shared"))
+    here = f" on {_e(daemon.get('host'))}" if shared else ""
     if daemon["running"]:
-        state = f'<span class="good">daemon running</span> (pid {_e(daemon["pid"])})'
+        state = f'<span class="good">daemon running{here}</span> (pid {_e(daemon["pid"])})'
     else:
-        state = '<span class="warn">daemon not running</span>'
+        state = f'<span class="warn">daemon not running{here}</span>'
+    if shared:
+        alive, total = len(daemon.get("alive_hosts", [])), len(data.get("hosts", []))
+        state += f'; <a href="#hosts">{alive} of {total} host(s) alive</a>'
     logout = (
         '<form method="post" action="/logout"><button class="quiet">Log out</button></form>'
         if options.logout
@@ -136,7 +162,8 @@ def _header(data: Mapping[str, Any], options: PageOptions) -> str:
     )
     lines = [f'<div class="top"><h1>mh-watchd</h1><span>{state}</span>{logout}</div>']
     if not options.writable:
-        lines.append(f'<p class="banner" role="status">{_with_code(_read_only_text(daemon))}</p>')
+        text = _read_only_text(daemon, shared=shared)
+        lines.append(f'<p class="banner" role="status">{_with_code(text)}</p>')
     for reason in options.health_reasons:
         lines.append(f'<p class="banner error" role="alert">Unhealthy: {_e(reason)}</p>')
     if options.error:
@@ -152,7 +179,14 @@ def _with_code(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def _read_only_text(daemon: Mapping[str, Any]) -> str:
+def _read_only_text(daemon: Mapping[str, Any], *, shared: bool = False) -> str:
+    alive = daemon.get("alive_hosts", [])
+    if shared and alive:
+        return (
+            "Read-only: this page is served by `mh-watchd web`. Daemons run on "
+            f"{', '.join(alive)}: retry from a daemon's own page or with `mh-watchd retry` "
+            "(a running host acts on it)."
+        )
     if daemon["running"]:
         return (
             "Read-only: this page is served by `mh-watchd web`. The daemon "
@@ -182,12 +216,47 @@ def _credits(credits: Mapping[str, Any]) -> str:
     )
 
 
-def _folders(folders: Iterable[Mapping[str, Any]]) -> str:
+def _hosts(data: Mapping[str, Any]) -> str:
+    """Each daemon using the journal: pid, version, when last seen (stale or not), jobs held."""
+    rows = []
+    for h in data.get("hosts", []):
+        name = _e(h["name"]) + (' <span class="muted">(this host)</span>' if h["this_host"] else "")
+        if h["seen_seconds_ago"] is None:
+            seen = "never registered"
+        else:
+            seen = f"{_e(ago(h['seen_seconds_ago']))} ago"
+        if h["stale"]:
+            seen = f'<span class="warn">{seen} (stale)</span>'
+        rows.append(
+            f"<tr><td>{name}</td><td>{_e(h['pid'])}</td><td>{_e(h['version'])}</td>"
+            f"<td>{seen}</td><td>{_e(h['jobs_held'])}</td></tr>"
+        )
+    body = "".join(rows) or '<tr><td colspan="5" class="muted">no daemon yet</td></tr>'
+    journal = data.get("journal", {})
+    unheld = data.get("unheld_jobs", 0)
+    free = (
+        f"<p>Nobody holds {_e(unheld)} unfinished job(s): a host that watches their folder "
+        "takes them.</p>"
+        if unheld
+        else ""
+    )
+    stale_after = ago(journal.get("stale_after_seconds"))
+    return (
+        '<section id="hosts"><h2>Hosts</h2><div class="table"><table><thead><tr>'
+        "<th>host</th><th>pid</th><th>version</th><th>last seen</th><th>jobs held</th>"
+        f"</tr></thead><tbody>{body}</tbody></table></div>{free}"
+        f'<p class="muted">Journal {_e(journal.get("where"))}; a host unseen for '
+        f"{_e(stale_after)} is stale.</p></section>"
+    )
+
+
+def _folders(folders: Iterable[Mapping[str, Any]], names: _HostNames) -> str:
     rows = []
     for f in folders:
         counts = ", ".join(f"{_e(s)} {_e(n)}" for s, n in f["counts"].items()) or "no jobs"
         mode = _e(f["watch_mode"] or "unknown")
         why = f' <span class="muted">({_e(f["watch_reason"])})</span>' if f["watch_reason"] else ""
+        why += names.on(f.get("host"), mark_stale=False)
         outage = f'<span class="bad">outage: {_e(f["outage"])}</span>' if f["outage"] else "ok"
         gone = (
             ' <span class="muted">(no longer in the config)</span>' if not f["configured"] else ""
@@ -211,10 +280,10 @@ def _job_title(job: Mapping[str, Any]) -> str:
     )
 
 
-def _active(jobs: list[Mapping[str, Any]], total: int | None) -> str:
+def _active(jobs: list[Mapping[str, Any]], total: int | None, names: _HostNames) -> str:
     items = []
     for job in jobs:
-        detail = _e(job["state"])
+        detail = _e(job["state"]) + names.on(job.get("host"))
         if "progress_percent" in job:
             pct = job["progress_percent"]
             detail += f' <progress max="100" value="{_e(pct)}"></progress> {_e(pct)}%'
@@ -253,7 +322,9 @@ def _retry_all(kind: str, label: str, options: PageOptions) -> str:
     )
 
 
-def _held(jobs: list[Mapping[str, Any]], options: PageOptions, total: int | None) -> str:
+def _held(
+    jobs: list[Mapping[str, Any]], options: PageOptions, total: int | None, names: _HostNames
+) -> str:
     items = []
     for job in jobs:
         reason = job["hold_reason"] or "held"
@@ -264,8 +335,9 @@ def _held(jobs: list[Mapping[str, Any]], options: PageOptions, total: int | None
             else ""
         )
         items.append(
-            f'<li><div class="job">{_job_title(job)}<br><span class="warn">{_e(reason)}</span>: '
-            f"{_e(job['why'])}{advice}</div>{_retry_button(job['id'], options)}</li>"
+            f'<li><div class="job">{_job_title(job)}{names.on(job.get("host"))}<br>'
+            f'<span class="warn">{_e(reason)}</span>: {_e(job["why"])}{advice}</div>'
+            f"{_retry_button(job['id'], options)}</li>"
         )
     extra = _retry_all("held", "Retry all held", options) if jobs else ""
     return _list_section("held", "Held", items, "nothing held", extra, total=total, shown="oldest")

@@ -4,169 +4,30 @@ requests on the emulator, jobs and events in the database, files in the outbox."
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import av
+import psycopg
 import pytest
 
 from mh_watchd.adapters.journal import Journal
 from mh_watchd.core.api import estimate_credits
-from mh_watchd.core.errors import StateDirError
 from mh_watchd.core.jobs import HoldReason, Job, JobState, transition
-from mh_watchd.emulator import EmulatorOptions, EmulatorServer
 from tests.adapters.test_journal import new_job
 from tests.conftest import ClipFactory, wait_for
-from tests.e2e.conftest import DaemonProcess, Workspace
+from tests.e2e import cluster as cluster_harness
+from tests.e2e.cluster import LEASE, Cluster, journal_events, journal_jobs
+from tests.e2e.conftest import SCRIPT, DaemonProcess, Workspace
 from tests.pgserver import PgServer
 
 pytestmark = pytest.mark.timeout(300)
+make_cluster = cluster_harness.make_cluster  # the harness's fixture, bound for this module
 
 _S = JobState
-LEASE = 3  # seconds: a dead host's jobs move after this
-
-
-def journal_jobs(url: str) -> list[Job]:
-    try:
-        with Journal.open(None, readonly=True, url=url) as journal:
-            return journal.jobs()
-    except StateDirError:
-        return []  # not created yet, or the database is away
-
-
-def journal_events(url: str, job_id: int) -> list[str]:
-    with Journal.open(None, readonly=True, url=url) as journal:
-        return [e.event for e in journal.events(job_id)]
-
-
-class Cluster:
-    """Daemons on one database and one inbox, each with a config (and state_dir) of its own.
-    The second host reaches the share by another path (a link), as NAS mounts differ."""
-
-    def __init__(self, root: Path, emu: EmulatorServer, url: str, env: dict[str, str]) -> None:
-        self.root = root
-        self.emu = emu
-        self.url = url
-        self.env = env
-        self.share = root / "share"
-        self.daemons: dict[str, DaemonProcess] = {}
-        self._next_clip = 0
-
-    def inbox_for(self, host: str) -> Path:
-        if host == "host-a":
-            return self.share
-        mount = self.root / f"mnt-{host}"
-        if not mount.exists():
-            mount.symlink_to(self.share, target_is_directory=True)
-        return mount
-
-    def folder(self, name: str) -> Path:
-        """The folder `name` on the share (made on first use): in, out, archive, failed."""
-        for sub in ("in", "out", "archive", "failed"):
-            (self.share / name / sub).mkdir(parents=True, exist_ok=True)
-        return self.share / name
-
-    def start(self, host: str, extra: str = "", folder: str = "shared") -> DaemonProcess:
-        self.folder(folder)
-        base = self.inbox_for(host) / folder
-        ws = Workspace(
-            root=self.root / host,
-            base_url=self.emu.base_url,
-            extra_daemon=(
-                f'state_url = "{self.url}"\nhost_name = "{host}"\nlease_seconds = {LEASE}\n'
-                f"max_active_renders = 3\n{extra}"
-            ),
-        )
-        ws.root.mkdir(exist_ok=True)
-        ws.folders.append(
-            {
-                "name": folder,
-                "inbox": str(base / "in"),
-                "outbox": str(base / "out"),
-                "archive": str(base / "archive"),
-                "failed": str(base / "failed"),
-                "style": {"art_style": "Studio Ghibli"},
-                "fps_resolution": "FULL",
-            }
-        )
-        proc = DaemonProcess(ws, self.env).start()
-        self.daemons[host] = proc
-        wait_for(
-            lambda: '"daemon.started"' in proc.log_text() or not proc.alive(),
-            timeout_seconds=30,
-            what=f"{host} to start",
-        )
-        assert proc.alive(), proc.log_text()[-3000:]
-        return proc
-
-    def drop(self, clip: Path, count: int, folder: str = "shared") -> list[str]:
-        """`count` copies of `clip`, each renamed into the inbox whole (as a finished copy)."""
-        names = []
-        base = self.folder(folder)
-        for _ in range(count):
-            self._next_clip += 1
-            name = f"clip-{self._next_clip:03d}.mp4"
-            temp = base / f".{name}.part"
-            shutil.copyfile(clip, temp)
-            os.rename(temp, base / "in" / name)
-            names.append(name)
-        return names
-
-    def creates(self) -> int:
-        return int(self.emu.state()["counts"]["create_requests"])
-
-    def outputs(self) -> list[Path]:
-        return sorted(p for p in self.share.glob("*/out/**/*") if p.is_file())
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {host}\n{proc.log_text()[-3000:]}" for host, proc in self.daemons.items()
-        )
-
-    def wait_jobs(
-        self, predicate: Callable[[list[Job]], bool], what: str, timeout: float = 90
-    ) -> list[Job]:
-        deadline = time.monotonic() + timeout
-        while True:
-            jobs = journal_jobs(self.url)
-            if jobs and predicate(jobs):
-                return jobs
-            if time.monotonic() > deadline:
-                summary = [(j.id, j.rel_path, j.state.value, j.hold_reason, j.holder) for j in jobs]
-                pytest.fail(f"timed out waiting for {what}: {summary}\n{self.logs()}")
-            time.sleep(0.2)
-
-
-@pytest.fixture
-def make_cluster(
-    tmp_path: Path, pg_url: str, daemon_env: dict[str, str]
-) -> Iterator[Callable[..., Cluster]]:
-    made: list[tuple[Cluster, EmulatorServer]] = []
-
-    def make(render_seconds: float = 0.4) -> Cluster:
-        emu = EmulatorServer(
-            EmulatorOptions(
-                queue_seconds=0.2,
-                render_seconds=render_seconds,
-                seed=11,
-                data_dir=tmp_path / f"emulator-{len(made)}",
-            )
-        )
-        emu.start()
-        cluster = Cluster(tmp_path / f"cluster-{len(made)}", emu, pg_url, daemon_env)
-        made.append((cluster, emu))
-        return cluster
-
-    yield make
-    for cluster, emu in made:
-        for proc in cluster.daemons.values():
-            if proc.alive():
-                proc.kill()
-        emu.stop()
 
 
 def done_count(n: int) -> Callable[[list[Job]], bool]:
@@ -278,9 +139,11 @@ def test_the_daily_limit_holds_across_both_hosts(
     cluster.drop(clip, 3, folder="b-side")
 
     jobs = cluster.wait_jobs(
-        lambda jobs: len(jobs) == 6
-        and sum(j.state is _S.DONE for j in jobs) == 2
-        and sum(j.hold_reason is HoldReason.DAILY_LIMIT for j in jobs) == 4,
+        lambda jobs: (
+            len(jobs) == 6
+            and sum(j.state is _S.DONE for j in jobs) == 2
+            and sum(j.hold_reason is HoldReason.DAILY_LIMIT for j in jobs) == 4
+        ),
         "two done and four held for the day's limit",
     )
     assert cluster.creates() == 2
@@ -323,3 +186,139 @@ def test_a_host_whose_database_goes_away_holds_everything_and_resumes(
     assert '"journal.writable_again"' in a.log_text()
     a.signal(signal.SIGTERM)
     assert a.wait(30) == 0
+
+
+def test_a_retry_from_any_host_wakes_the_holder_at_once(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    # Long leases: nothing but the database's notification makes a host look before its
+    # 5 s request check.
+    cluster = make_cluster()
+    a = cluster.start("host-a", lease=30)
+    cluster.start("host-b", lease=30)
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video at all\n")
+    cluster.drop(broken, 1)
+    job = cluster.wait_jobs(lambda jobs: jobs[0].state is _S.FAILED, "the broken file failed")[0]
+    assert job.id is not None
+
+    for attempt in range(3):
+        wait_for(
+            lambda: cluster.wait_jobs(lambda jobs: jobs[0].state is _S.FAILED, "failed again"),
+            what="the job to fail again",
+        )
+        asked = time.monotonic()
+        out = subprocess.run(
+            [SCRIPT, "retry", str(job.id), "-c", str(a.ws.config_path)],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        handled = wait_for(
+            lambda n=attempt: _newest_request_handled(cluster.url, after=n),
+            timeout_seconds=10,
+            what=f"retry {attempt + 1} to be handled",
+        )
+        assert handled
+        took = time.monotonic() - asked
+        assert took < 1.5, f"retry {attempt + 1} took {took:.2f} s: no wake-up from the database"
+
+
+def _newest_request_handled(url: str, *, after: int) -> bool:
+    """True once more than `after` requests exist and the newest is answered."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*), max(id) FROM requests").fetchone()
+        assert row is not None
+        count, newest = row
+        if count <= after:
+            return False
+        done = conn.execute("SELECT handled_at FROM requests WHERE id = %s", (newest,))
+        answer = done.fetchone()
+    return answer is not None and answer[0] is not None
+
+
+def test_a_clean_stop_lets_the_other_host_take_the_jobs_at_once(
+    make_cluster: Callable[..., Cluster], make_clip: ClipFactory
+) -> None:
+    cluster = make_cluster(render_seconds=4.0)
+    a = cluster.start("host-a", lease=30)
+    cluster.drop(make_clip("source.mp4", seconds=1.0), 3)
+    cluster.wait_jobs(
+        lambda jobs: len(jobs) == 3 and all(j.state is _S.RENDERING for j in jobs),
+        "host-a rendering all three",
+    )
+    b = cluster.start("host-b", lease=30)
+    assert a.stop() == 0
+    stopped = time.monotonic()
+    # host-b's own claim pass comes every 10 s; the release wakes it at once.
+    cluster.wait_jobs(
+        lambda jobs: all(j.holder == "host-b" or j.state is _S.DONE for j in jobs),
+        "host-b to hold host-a's jobs",
+        timeout=5,
+    )
+    assert time.monotonic() - stopped < 3.0
+    cluster.wait_jobs(done_count(3), "host-b to finish them")
+    assert cluster.creates() == 3
+    assert b.alive()
+
+
+def test_a_host_that_mounts_the_share_elsewhere_finishes_taken_jobs_by_its_own_paths(
+    make_cluster: Callable[..., Cluster], make_clip: ClipFactory
+) -> None:
+    cluster = make_cluster(render_seconds=4.0)
+    cluster.every_host_linked = True  # /…/mnt-host-a and /…/mnt-host-b: one share
+    a = cluster.start("host-a")
+    names = cluster.drop(make_clip("source.mp4", seconds=1.0), 2)
+    cluster.wait_jobs(
+        lambda jobs: len(jobs) == 2 and all(j.state is _S.RENDERING for j in jobs),
+        "host-a rendering both",
+    )
+    assert all(
+        j.settings.inbox.startswith(str(cluster.root / "mnt-host-a"))
+        for j in journal_jobs(cluster.url)
+    )
+    b = cluster.start("host-b")
+    a.kill()
+    (cluster.root / "mnt-host-a").unlink()  # host-a's mount path means nothing on host-b
+
+    jobs = cluster.wait_jobs(done_count(2), "host-b to deliver by its own paths")
+    assert cluster.creates() == 2
+    share = cluster.share / "shared"
+    assert sorted(p.name for p in (share / "out").iterdir()) == sorted(
+        n.replace(".mp4", ".studio-ghibli.mp4") for n in names
+    )
+    assert sorted(p.name for p in (share / "archive").iterdir()) == names
+    mount_b = str(cluster.root / "mnt-host-b")
+    for job in jobs:
+        assert job.settings.inbox == f"{mount_b}/shared/in"
+        assert job.archive_path is not None and job.archive_path.startswith(mount_b)
+        assert all((o.final_path or "").startswith(mount_b) for o in job.outputs)
+        assert job.id is not None
+        assert "job.paths_local" in journal_events(cluster.url, job.id)
+    assert b.alive()
+
+
+def test_one_daemon_per_host_name_on_a_database(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    first = cluster.start("host-a")
+    # Another machine (its own state_dir and lock file) that was given the same host name.
+    twin = Workspace(
+        root=tmp_path / "twin",
+        base_url=cluster.emu.base_url,
+        extra_daemon=f'state_url = "{cluster.url}"\nhost_name = "host-a"\n',
+    )
+    twin.root.mkdir()
+    twin.folder("shared", style={"art_style": "Studio Ghibli"})
+    proc = DaemonProcess(twin, cluster.env).start()
+    assert proc.wait(30) == 75
+    assert "another mh-watchd runs as host 'host-a'" in proc.log_text()
+    assert first.alive()
+    # Once the first stops, the name is free again.
+    assert first.stop() == 0
+    again = DaemonProcess(twin, cluster.env).start()
+    wait_for(lambda: '"daemon.started"' in again.log_text(), what="the twin to start")
+    assert again.stop() == 0

@@ -345,4 +345,16 @@ def test_first_start_writes_a_starter_config_and_runs(box: Box) -> None:
     assert zone in ("CET", "CEST"), zone
     check = podman("exec", box.name, "mh-watchd", "check", "--offline", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+    # The image can keep its journal in PostgreSQL: psycopg with its own libpq is installed.
+    libpq = podman(
+        "exec",
+        box.name,
+        "/opt/mh-watchd/bin/python",
+        "-c",
+        "import psycopg; print(psycopg.pq.__impl__, psycopg.pq.version())",
+        check=False,
+    )
+    assert libpq.returncode == 0, libpq.stdout + libpq.stderr
+    impl, version = libpq.stdout.split()
+    assert impl == "binary" and int(version) >= 130000, libpq.stdout
     podman("stop", "--time", "90", box.name)
