@@ -184,6 +184,11 @@ def build_hosts(journal: Journal, config: Config, this_host: str) -> dict[str, A
     rows = []
     for info in known:
         ago = max(0.0, db_now - info.seen_at)
+        stale = ago > stale_after
+        if stale and not journal.shared and info.name == this_host:
+            # One host (SQLite) renews nothing while it runs (an idle daemon must not write):
+            # it is alive while its recorded pid is.
+            stale = not _daemon_running(journal)[1]
         rows.append(
             {
                 "name": info.name,
@@ -193,7 +198,7 @@ def build_hosts(journal: Journal, config: Config, this_host: str) -> dict[str, A
                 "started_at": _iso(info.started_at),
                 "seen_at": _iso(info.seen_at),
                 "seen_seconds_ago": round(ago),
-                "stale": ago > stale_after,
+                "stale": stale,
                 "jobs_held": held.get(info.name, 0),
             }
         )

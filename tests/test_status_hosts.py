@@ -363,3 +363,20 @@ def test_the_status_command_reads_a_shared_journal_from_state_url(
     text = capsys.readouterr().out
     assert text.startswith("daemon: running on nas-1 (pid 101); 2 of 2 host(s) alive\n")
     assert f"#{ids['desk_held']} anime/c.mp4 on desk: ambiguous_create:" in text
+
+
+def test_one_sqlite_host_is_alive_while_its_pid_is_however_long_ago_it_renewed(
+    open_sqlite: Opener, tmp_path: Path
+) -> None:
+    """One host renews nothing (an idle daemon does not write): its pid says it runs."""
+    desk = open_sqlite("desk", pid=os.getpid())
+    queue(desk, "a.mp4")
+    age_host(desk, "desk", 2 * 3600.0)
+    config = make_config(tmp_path / "state", host="desk")
+    desk.set_meta("daemon_pid", str(os.getpid()))  # as the running daemon records it
+    alive = status(open_sqlite, config)
+    assert [h["stale"] for h in alive["hosts"]] == [False]
+    assert alive["daemon"]["running"] is True
+    desk.set_meta("daemon_pid", "999999999")  # above any pid_max: no such process
+    gone = status(open_sqlite, config)
+    assert [h["stale"] for h in gone["hosts"]] == [True]

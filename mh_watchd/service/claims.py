@@ -63,7 +63,11 @@ class ClaimKeeper:
         return taken
 
     def start(self) -> None:
-        self._ctx.loop.after(self._lease / 3, self._tick, key="claims")
+        """Renew and claim every third of the lease, on a shared journal. One host renews
+        nothing: its leases only tell its next start which jobs were its own, and an idle
+        daemon must not write (a NAS disk that never sleeps)."""
+        if self._ctx.journal.shared:
+            self._ctx.loop.after(self._lease / 3, self._tick, key="claims")
 
     # ------------------------------------------------------------------ running
     def lease_ok(self) -> bool:

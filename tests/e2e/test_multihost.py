@@ -322,3 +322,27 @@ def test_one_daemon_per_host_name_on_a_database(
     again = DaemonProcess(twin, cluster.env).start()
     wait_for(lambda: '"daemon.started"' in again.log_text(), what="the twin to start")
     assert again.stop() == 0
+
+
+def test_a_database_that_cannot_be_reached_at_start_is_a_clear_error_without_the_password(
+    make_cluster: Callable[..., Cluster], pg_server: PgServer, tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    with_password = cluster.url.replace("postgresql://mhtest@", "postgresql://mhtest:s3cr3t-pw@")
+    assert with_password != cluster.url
+    ws = Workspace(
+        root=tmp_path / "cold",
+        base_url=cluster.emu.base_url,
+        extra_daemon=f'state_url = "{with_password}"\nhost_name = "cold"\n',
+    )
+    ws.root.mkdir()
+    ws.folder("shared", style={"art_style": "Studio Ghibli"})
+    pg_server.stop()
+    try:
+        proc = DaemonProcess(ws, cluster.env).start()
+        assert proc.wait(30) == 69  # EX_UNAVAILABLE: systemd starts it again in a while
+        text = proc.log_text()
+    finally:
+        pg_server.start_again()
+    assert "cannot reach the journal database postgresql://mhtest:***@" in text, text
+    assert "s3cr3t-pw" not in text
