@@ -92,10 +92,14 @@ class ClaimKeeper:
             self.claim_now()
 
     def renew(self) -> None:
-        """Renew this host's leases; let go of the jobs another host holds now."""
+        """Renew this host's leases; let go of the jobs another host holds now, and take up
+        the ones held here that the book lacks (a takeover cut short by a refused write)."""
         ctx = self._ctx
         held = ctx.journal.renew_claims()
         self._renewed_mono = ctx.monotonic()
+        orphans = sorted(held - set(self._book.jobs) - set(ctx.in_flight))
+        found = [ctx.journal.get(job_id) for job_id in orphans]
+        self._take([Claimed(job, None) for job in found if job is not None and not job.is_terminal])
         for job_id in [i for i in self._book.jobs if i not in held]:
             if job_id in ctx.in_flight:
                 continue  # its outcome finds the job lost (the journal refuses the write)
