@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
@@ -47,6 +48,7 @@ __all__ = [
 LOCK_FILENAME = "mh-watchd.lock"
 STATE_DIR_MODE = 0o750
 DEFAULT_LEASE_SECONDS = 60.0
+HOST_LOCK_WAIT_SECONDS = 2.0
 
 
 class JournalConnection:
@@ -231,8 +233,15 @@ class JournalConnection:
         host = self._host
         if host is None:
             raise StateDirError("a daemon on a shared journal needs a host name")
-        with self._db.translated():
-            taken = self._db.session_lock(lock_key("host", host))
+        # A daemon restarted at once may find its former self's lock not yet let go: the
+        # server frees a closed session's locks a moment after the close returns.
+        deadline = time.monotonic() + HOST_LOCK_WAIT_SECONDS
+        while True:
+            with self._db.translated():
+                taken = self._db.session_lock(lock_key("host", host))
+            if taken or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
         if not taken:
             raise AlreadyRunningError(
                 f"another mh-watchd runs as host {host!r} on the journal at {self.where}; "

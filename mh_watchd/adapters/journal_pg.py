@@ -22,11 +22,15 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from mh_watchd.adapters.journal_backend import Conn, Cursor, Dialect, JournalConflict
 from mh_watchd.core.errors import StateDirError
 
 if TYPE_CHECKING:
     import psycopg
+
+log = structlog.get_logger("mh_watchd")
 
 NOTIFY_CHANNEL = "mh_watchd"
 CONNECT_TIMEOUT_SECONDS = 5
@@ -419,6 +423,12 @@ class Listener:
         self._stop.set()
         self._thread.join(timeout)
 
+    def _deliver(self, payload: str) -> None:
+        try:
+            self._on_notify(payload)
+        except Exception:  # a wake-up is a hint: losing one never stops the listening
+            log.exception("journal.notify_failed", payload=payload)
+
     def _run(self) -> None:
         psycopg = _psycopg()
         while not self._stop.is_set():
@@ -433,7 +443,7 @@ class Listener:
                     self.connected.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
-                            self._on_notify(note.payload)
+                            self._deliver(note.payload)
             except psycopg.Error:
                 self.connected.clear()
                 self._stop.wait(LISTEN_RETRY_SECONDS)

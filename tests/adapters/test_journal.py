@@ -1,4 +1,8 @@
-"""The SQLite journal against real files in tmp dirs, real threads and real child processes."""
+"""The journal on both back ends (`journal` runs on SQLite and on PostgreSQL: see conftest.py),
+plus what only the SQLite file has, against real files, threads and child processes.
+
+PostgreSQL's own schema, opening and concurrency are in test_journal_pg.py; claims and hosts in
+test_journal_claims.py."""
 
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from mh_watchd.core.jobs import (
     hold,
     transition,
 )
+from tests.adapters.conftest import OpenJournal
 from tests.factories import job_in
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -129,12 +134,10 @@ def new_job(rel_path: str = "a.mp4", *, folder: str = "anime", **changes: object
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal.open(tmp_path / "state")
-    try:
+def sqlite_journal(tmp_path: Path) -> Iterator[Journal]:
+    """A journal in a SQLite file, for what only SQLite has (PRAGMAs, the file, child processes)."""
+    with Journal.open(tmp_path / "state") as j:
         yield j
-    finally:
-        j.close()
 
 
 def run_child(script: str, *args: str) -> subprocess.Popen[str]:
@@ -155,7 +158,7 @@ def run_child(script: str, *args: str) -> subprocess.Popen[str]:
 def test_full_job_fixture_sets_every_field() -> None:
     # Guards the round-trip test: a field added to Job must be set in FULL_JOB too.
     for f in dataclasses.fields(Job):
-        if f.name == "id":
+        if f.name in ("id", "holder"):  # the journal sets these (holder: the claim)
             continue
         default = f.default_factory() if callable(f.default_factory) else f.default
         assert getattr(FULL_JOB, f.name) != default, f"FULL_JOB leaves {f.name} at its default"
@@ -186,14 +189,16 @@ def test_minimal_job_round_trips_nones_and_defaults(journal: Journal) -> None:
     assert type(got.progress) is float and type(got.created_at) is float
 
 
-def test_schema_has_one_column_per_job_field(journal: Journal) -> None:
-    raw = sqlite3.connect(journal.path)
+def test_sqlite_schema_has_one_column_per_job_field(sqlite_journal: Journal) -> None:
+    # PostgreSQL's schema: test_journal_pg.py
+    raw = sqlite3.connect(sqlite_journal.path)
     try:
         columns = {row[1] for row in raw.execute("PRAGMA table_info(jobs)")}
         indexes = {row[1] for row in raw.execute("PRAGMA index_list(jobs)")}
     finally:
         raw.close()
-    assert columns == {f.name for f in dataclasses.fields(Job)}
+    # Every Job field, plus the claim's lease (the holder is a Job field the journal sets).
+    assert columns == {f.name for f in dataclasses.fields(Job)} | {"lease_until"}
     assert {"jobs_by_path", "jobs_by_state", "jobs_by_project_id"} <= indexes
 
 
@@ -473,17 +478,21 @@ def test_meta_values_are_stored_and_replaced(journal: Journal) -> None:
     assert journal.get_meta("daemon_pid") == "456"
 
 
-def test_writable_check_is_true_only_for_an_open_writable_journal(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    with Journal.open(state) as rw:
-        assert rw.writable_check() is True
-        assert rw.get_meta("healthz") is None  # the probe write was rolled back
-        with Journal.open(state, readonly=True) as ro:
-            assert ro.writable_check() is False
+def test_writable_check_is_true_only_for_an_open_writable_journal(
+    open_journal: OpenJournal,
+) -> None:
+    rw = open_journal()
+    assert rw.writable_check() is True
+    assert rw.get_meta("healthz") is None  # the probe write was rolled back
+    ro = open_journal(readonly=True)
+    assert ro.writable_check() is False
+    ro.close()
+    rw.close()
     assert rw.writable_check() is False  # closed
 
 
-# ---------------------------------------------------------------- opening, migrations
+# ---------------------------------------------------------------- opening, migrations (SQLite)
+# PostgreSQL's opening, versions and read-only checks: test_journal_pg.py
 
 
 def test_open_creates_state_dir_0750_and_sets_pragmas(tmp_path: Path) -> None:
@@ -496,7 +505,7 @@ def test_open_creates_state_dir_0750_and_sets_pragmas(tmp_path: Path) -> None:
     with journal:
         assert stat.S_IMODE(state.stat().st_mode) == 0o750
         assert journal.path == state / JOURNAL_FILENAME and journal.path.is_file()
-        conn = journal._conn  # the pragmas are per connection: look at ours
+        conn = journal._db.raw  # type: ignore[attr-defined]  # the pragmas are per connection
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -592,37 +601,46 @@ def test_readonly_open_of_an_unmigrated_journal_is_refused(tmp_path: Path) -> No
         Journal.open(tmp_path / "state", readonly=True)
 
 
-def test_readonly_journal_cannot_write_but_sees_live_writes(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    with Journal.open(state) as rw, Journal.open(state, readonly=True) as ro:
-        assert ro.readonly and not rw.readonly
-        job = rw.insert(new_job(), event="job.queued")
-        assert job.id is not None
-        assert ro.get(job.id) == job  # `status` while the daemon runs
+def test_readonly_journal_cannot_write_but_sees_live_writes(open_journal: OpenJournal) -> None:
+    rw = open_journal()
+    ro = open_journal(readonly=True)
+    assert ro.readonly and not rw.readonly
+    job = rw.insert(new_job(), event="job.queued")
+    assert job.id is not None
+    assert ro.get(job.id) == job  # `status` while the daemon runs
 
-        with pytest.raises(StateDirError, match="readonly"):
-            ro.set_meta("k", "v")
-        with pytest.raises(StateDirError, match="readonly"):
-            ro.insert(new_job("b.mp4"), event="job.queued")
-        with pytest.raises(StateDirError, match="readonly"):
-            ro.save(transition(job, S.UPLOADING), event="upload.started")
-        with pytest.raises(StateDirError, match="read-only journal cannot take"):
-            ro.acquire_lock()
+    # SQLite: "attempt to write a readonly database"; PostgreSQL: "read-only transaction"
+    with pytest.raises(StateDirError, match=r"read-?only"):
+        ro.set_meta("k", "v")
+    with pytest.raises(StateDirError, match=r"read-?only"):
+        ro.insert(new_job("b.mp4"), event="job.queued")
+    with pytest.raises(StateDirError, match=r"read-?only"):
+        ro.save(transition(job, S.UPLOADING), event="upload.started")
+    with pytest.raises(StateDirError, match="read-only journal cannot take"):
+        ro.acquire_lock()
 
-        assert rw.get_meta("k") is None
-        assert rw.jobs() == [job]
-        assert len(rw.events(job.id)) == 1
+    assert rw.get_meta("k") is None
+    assert rw.jobs() == [job]
+    assert len(rw.events(job.id)) == 1
+    assert ro.get(job.id) == job  # a refused write leaves the read-only journal usable
 
 
-def test_use_after_close_raises_state_dir_error_and_close_is_idempotent(tmp_path: Path) -> None:
-    journal = Journal.open(tmp_path / "state")
+def test_use_after_close_raises_state_dir_error_and_close_is_idempotent(
+    open_journal: OpenJournal,
+) -> None:
+    journal = open_journal()
+    journal.set_meta("x", "1")
     journal.close()
     journal.close()
     with pytest.raises(StateDirError):
         journal.get_meta("x")
+    with pytest.raises(StateDirError):
+        journal.set_meta("x", "2")
+    assert open_journal().get_meta("x") == "1"
 
 
-# ---------------------------------------------------------------- single instance
+# ---------------------------------------------------------------- single instance (SQLite)
+# PostgreSQL's per-host lock: test_journal_pg.py
 
 _LOCK_AND_WAIT = """
     import os, sys
@@ -760,14 +778,10 @@ def test_four_threads_saving_through_one_journal(journal: Journal) -> None:
         assert final is not None and (final.state, final.attempts) == (S.QUEUED, rounds - 1)
 
 
-def test_newest_lists_the_last_changed_jobs_of_a_state_first(tmp_path: Path) -> None:
-    journal = Journal.open(tmp_path)
-    try:
-        for i, at in enumerate((30.0, 10.0, 20.0)):
-            job = job_in(JobState.DONE, rel_path=f"{i}.mp4", updated_at=at, created_at=at)
-            journal.insert(job, event="job.done", detail={})
-        journal.insert(job_in(JobState.QUEUED, rel_path="q.mp4"), event="job.queued", detail={})
-        newest = journal.newest(JobState.DONE, 2)
-        assert [(j.rel_path, j.updated_at) for j in newest] == [("0.mp4", 30.0), ("2.mp4", 20.0)]
-    finally:
-        journal.close()
+def test_newest_lists_the_last_changed_jobs_of_a_state_first(journal: Journal) -> None:
+    for i, at in enumerate((30.0, 10.0, 20.0)):
+        job = job_in(JobState.DONE, rel_path=f"{i}.mp4", updated_at=at, created_at=at)
+        journal.insert(job, event="job.done", detail={})
+    journal.insert(job_in(JobState.QUEUED, rel_path="q.mp4"), event="job.queued", detail={})
+    newest = journal.newest(JobState.DONE, 2)
+    assert [(j.rel_path, j.updated_at) for j in newest] == [("0.mp4", 30.0), ("2.mp4", 20.0)]

@@ -1,11 +1,10 @@
 """History retention: old events of finished jobs are compacted away, in short batches; job
-rows, fingerprints, charges and the events of unfinished jobs stay."""
+rows, fingerprints, charges and the events of unfinished jobs stay. `journal` runs on SQLite and
+on PostgreSQL (conftest.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -47,12 +46,6 @@ def make_job(
 def event_times(journal: Journal, job: Job) -> list[float]:
     assert job.id is not None
     return [e.at for e in journal.events(job.id)]
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    with Journal.open(tmp_path) as j:
-        yield j
 
 
 def test_compaction_deletes_exactly_the_old_events_of_finished_jobs(journal: Journal) -> None:
