@@ -40,8 +40,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.chaos_long]
 make_cluster = cluster_harness.make_cluster  # the harness's fixture, bound for this module
 
 SEEDS = [5, 17] if LONG else [5]
-FILES = size(short=8, long=30)
-KILLS = size(short=4, long=14)
+FILES = size(short=6, long=30)
+KILLS = size(short=3, long=14)
 HOSTS = ("host-a", "host-b")
 TARGETS = (JobState.UPLOADING, JobState.SUBMITTING, JobState.RENDERING, JobState.DELIVERING)
 
