@@ -7,6 +7,7 @@ import json
 import os
 import select
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -213,7 +214,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_config_error(exc, path)
         return EX_CONFIG
     assert isinstance(config, Config)
-    secrets = [s for s in (token, config.daemon.http_token) if s]
+    # A password written into state_url (better kept in a pgpass file) never reaches a log.
+    db_password = urllib.parse.urlsplit(config.daemon.state_url).password or ""
+    secrets = [s for s in (token, config.daemon.http_token, db_password) if s]
     logs.configure_logging(log_format=config.daemon.log_format, secrets=secrets)
     log = structlog.get_logger("mh_watchd")
     for warning in config.warnings:
