@@ -4,6 +4,7 @@ next poll is a timer, not a tick."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -16,7 +17,7 @@ from mh_watchd.adapters.journal import Journal
 from mh_watchd.adapters.metrics import Metrics
 from mh_watchd.core.api import Project
 from mh_watchd.core.config import ApiConfig, Config, DaemonConfig, FolderConfig, NotifyConfig
-from mh_watchd.core.jobs import JobState
+from mh_watchd.core.jobs import HoldReason, JobState
 from mh_watchd.core.tracker import IntakeTracker
 from mh_watchd.runner import StepOutcome
 from mh_watchd.service.account import AccountGate
@@ -169,6 +170,57 @@ def test_a_quiet_poll_is_a_timer_and_no_journal_write(tmp_path: Path) -> None:
         assert len(ctx.journal.events(job.id)) == events_after_first_poll
         assert book.jobs[job.id] == ctx.journal.get(job.id)
         assert ctx.loop.due(("job", job.id)) == pytest.approx(mono.now + POLL_SECONDS, abs=1.0)
+    finally:
+        ctx.api_pool.shutdown()
+        ctx.folders["anime"].close()
+        ctx.journal.close()
+
+
+def test_a_create_another_host_s_spending_no_longer_fits_is_held_not_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass decides on the day's spending it read; the write checks it again with every
+    host's spending (another host may have spent meanwhile), and the create waits."""
+    ctx, book, _scheduler, runner, _mono = build(tmp_path)
+    ctx.config = dataclasses.replace(
+        ctx.config, daemon=dataclasses.replace(ctx.config.daemon, daily_credit_limit=100)
+    )
+    now = time.time()
+    day = time.strftime("%Y-%m-%d", time.localtime(now))
+    # What another host spent today, already in the journal...
+    ctx.journal.insert(
+        job_in(
+            JobState.DONE,
+            rel_path="b.mp4",
+            credits_estimate=70,
+            credits_final=70,
+            credits_day=day,
+            created_at=now,
+            updated_at=now,
+        ),
+        event="job.done",
+    )
+    # ...that this pass has not seen yet (it read the spending a moment before).
+    monkeypatch.setattr(ctx.journal, "credits_spent", lambda _day: 0)
+    job = book.insert(
+        job_in(
+            JobState.QUEUED,
+            upload_file_path="api-assets/a.mp4",
+            uploaded_at=now,
+            credits_estimate=40,
+            created_at=now,
+        ),
+        "job.queued",
+        {},
+    )
+    assert job.id is not None
+    try:
+        turn_until(ctx, lambda: book.jobs[job.id].state is JobState.HELD)  # type: ignore[index]
+        held = ctx.journal.get(job.id)
+        assert held is not None and held.hold_reason is HoldReason.DAILY_LIMIT
+        assert "spent today 70 (every host) + estimate 40 > limit 100" in (held.last_error or "")
+        assert runner.calls == []  # never sent
+        assert held.credits_day is None  # nothing booked for a create that was not made
     finally:
         ctx.api_pool.shutdown()
         ctx.folders["anime"].close()
