@@ -125,6 +125,10 @@ def run_demo(workspace: Path | None = None, *, timeout_seconds: float = 240.0) -
         for i, clip in enumerate(clips):
             synthesize_clip(clip, seconds=2.0, fps=24, with_audio=True, hue=i * 60)
             print(f"sample clip: {clip.relative_to(root)}")
+        # As a user makes them: the daemon never creates an outbox root (a missing one is an
+        # unmounted share, and outputs wait for it rather than land on the local disk).
+        for folder in ("anime", "paint"):
+            (root / folder / "out").mkdir(parents=True, exist_ok=True)
         config = config_file.load(config_path)
         logs.configure_logging(log_format="console", stream=sys.stderr)
         environ = dict(os.environ, MH_WATCHD_DEMO_TOKEN=DEMO_TOKEN)
