@@ -124,5 +124,6 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     name = f"mh_t{next(_pg_database_numbers)}"
     url = pg_server.create_database(name)
     yield url
+    pg_server.thaw()  # a test that failed while the server was frozen
     if pg_server.running:
         pg_server.drop_database(name)

@@ -107,6 +107,7 @@ class PgServer:
         self.socket_dir = home
         self._identity = _server_identity()
         self._pid: int | None = None
+        self._frozen: list[int] = []  # pids `freeze` stopped
 
     @classmethod
     def start(cls, base: Path, bin_dir: Path | None = None) -> PgServer:
@@ -192,6 +193,23 @@ class PgServer:
         self._remove_stale_lock_files()
         self._pg_ctl_start()
 
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and every backend: the server hangs, sockets stay open (a
+        frozen database, or a network path dropping packets, as a client sees it)."""
+        pid = self._read_pid()
+        if pid is None or not _process_alive(pid):
+            raise RuntimeError("PostgreSQL server is not running")
+        self._frozen = [pid, *_children(pid)]
+        for p in self._frozen:
+            os.kill(p, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what `freeze` stopped (backends first, then the postmaster)."""
+        frozen, self._frozen = self._frozen, []
+        for p in reversed(frozen):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the postmaster, as in a crash, and wait until its children are gone too."""
         pid = self._read_pid()
@@ -214,6 +232,7 @@ class PgServer:
 
     def close(self) -> None:
         """Stop the server if it is running and remove its files."""
+        self.thaw()  # a test that failed while the server was frozen
         if self.running:
             try:
                 self.stop("fast")

@@ -106,7 +106,10 @@ def open_journal(daemon: DaemonConfig, *, readonly: bool = False) -> Journal:
     """The journal `daemon` names: PostgreSQL at `state_url` when set, else the SQLite file in
     `state_dir`. Raises StateDirError as `Journal.open` does."""
     return Journal.open(
-        Path(str(daemon.state_dir)), readonly=readonly, url=daemon.state_url or None
+        Path(str(daemon.state_dir)),
+        readonly=readonly,
+        url=daemon.state_url or None,
+        timeout_seconds=daemon.state_timeout_seconds,
     )
 
 

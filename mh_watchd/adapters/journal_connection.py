@@ -81,19 +81,25 @@ class JournalConnection:
 
     @classmethod
     def open(
-        cls, state_dir: Path | None, *, readonly: bool = False, url: str | None = None
+        cls,
+        state_dir: Path | None,
+        *,
+        readonly: bool = False,
+        url: str | None = None,
+        timeout_seconds: float = 30.0,
     ) -> Self:
         """Open (creating and migrating unless `readonly`) the journal: the SQLite file in
         `state_dir`, or the PostgreSQL database at `url` ("postgresql://...").
 
         Returns the Journal. Raises StateDirError when the directory, file or database is
         unusable, when `readonly` finds no journal or an older schema, or when the schema is
-        newer than ours.
+        newer than ours. `timeout_seconds` bounds each call to a PostgreSQL journal.
         """
         if url:
             from mh_watchd.adapters.journal_pg import PgBackend
 
-            return cls(PgBackend.open(url, readonly=readonly), state_dir, readonly=readonly)
+            pg = PgBackend.open(url, readonly=readonly, timeout_seconds=timeout_seconds)
+            return cls(pg, state_dir, readonly=readonly)
         if state_dir is None:
             raise StateDirError("no state_dir and no state_url: nowhere to keep the journal")
         path = state_dir / JOURNAL_FILENAME

@@ -10,14 +10,20 @@ the call that found it broken fails with StateDirError, so the daemon holds ever
 journal gate) and a later call, the gate's probe, reconnects. Session locks taken through
 `session_lock` (one daemon per host name) are taken again on the new connection.
 
-Statements have a time limit, so a database that hangs is an error the daemon can hold on,
-never a daemon stuck for good.
+A journal call has a time limit (`daemon.state_timeout_seconds`), so a database that hangs is
+an error the daemon can hold on, never a daemon stuck for good: the server cancels a statement
+that runs too long, and a `HangGuard` cuts the connection of a call the server never answers
+(its process frozen, or a network path that drops packets silently; no timeout on either side
+fires then).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,7 +40,9 @@ log = structlog.get_logger("mh_watchd")
 
 NOTIFY_CHANNEL = "mh_watchd"
 CONNECT_TIMEOUT_SECONDS = 5
-STATEMENT_TIMEOUT_MS = 30_000
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# A call the server has not answered this long after its statement limit is cut off.
+HANG_MARGIN_SECONDS = 2.0
 LISTEN_RETRY_SECONDS = 2.0
 
 POSTGRES = Dialect(
@@ -216,19 +224,25 @@ class PgBackend:
 
     dialect = POSTGRES
 
-    def __init__(self, url: str, *, readonly: bool) -> None:
+    def __init__(
+        self, url: str, *, readonly: bool, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
         self._url = url
         self._readonly = readonly
+        self._timeout = timeout_seconds
         self.where = redacted(url)
         self._raw: psycopg.Connection[Any] | None = None
         self._conn: PgConn | None = None
         self._session_locks: list[int] = []
         self._closed = False
+        self._guard = HangGuard(timeout_seconds + HANG_MARGIN_SECONDS, self.where)
 
     @classmethod
-    def open(cls, url: str, *, readonly: bool) -> PgBackend:
+    def open(
+        cls, url: str, *, readonly: bool, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> PgBackend:
         """Connect, and create or migrate the schema unless `readonly` (which checks it)."""
-        backend = cls(url, readonly=readonly)
+        backend = cls(url, readonly=readonly, timeout_seconds=timeout_seconds)
         try:
             with backend.translated():
                 backend.connection()
@@ -250,7 +264,7 @@ class PgBackend:
         # machine vanishes (power cut, cable), not after the kernel's default two hours: a
         # restarted daemon must not find its own host name taken by its former self.
         options = (
-            f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c tcp_keepalives_idle=30"
+            f"-c statement_timeout={round(self._timeout * 1000)} -c tcp_keepalives_idle=30"
             " -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
         )
         if self._readonly:
@@ -272,6 +286,7 @@ class PgBackend:
             )
         except psycopg.Error as exc:
             raise StateDirError(f"cannot reach the journal database {self.where}: {exc}") from exc
+        self._guard.watch(raw.fileno())
         return raw  # type: ignore[no-any-return]
 
     def connection(self) -> Conn:
@@ -283,6 +298,7 @@ class PgBackend:
                 with contextlib.suppress(Exception):
                     raw.close()
             self._raw = self._conn = None
+            self._guard.watch(None)
             raw = self._connect()
             self._raw, self._conn = raw, PgConn(raw)
             try:
@@ -303,6 +319,7 @@ class PgBackend:
 
     def _drop(self, raw: psycopg.Connection[Any]) -> None:
         self._raw = self._conn = None
+        self._guard.watch(None)
         with contextlib.suppress(Exception):
             raw.close()
 
@@ -337,10 +354,12 @@ class PgBackend:
 
     @contextlib.contextmanager
     def translated(self) -> Iterator[None]:
-        """The one place psycopg errors become ours."""
+        """The one place psycopg errors become ours; every journal call runs inside it, so it
+        is also where a call's time limit is kept (the hang guard)."""
         psycopg = _psycopg()
         try:
-            yield
+            with self._guard.call():
+                yield
         except psycopg.errors.IntegrityError as exc:
             raise JournalConflict(f"journal {self.where}: {exc}") from exc
         except psycopg.Error as exc:
@@ -348,6 +367,8 @@ class PgBackend:
 
     def close(self) -> None:
         self._closed = True
+        self._guard.stop()
+        self._guard.watch(None)
         raw, self._raw, self._conn = self._raw, None, None
         if raw is not None:
             with contextlib.suppress(Exception):
@@ -404,6 +425,74 @@ class PgBackend:
         listener = Listener(self._url, on_notify)
         listener.start()
         return listener
+
+
+class HangGuard:
+    """Cuts the connection of a journal call that has run past its deadline.
+
+    One thread per journal, started with the first call, looks twice a second; a call past its
+    deadline has its socket shut down, so the blocked read returns at once and psycopg raises
+    (the connection is then broken, and the next call connects again).
+    """
+
+    def __init__(self, seconds: float, where: str) -> None:
+        self._seconds = seconds
+        self._where = where
+        self._lock = threading.Lock()
+        self._deadline: float | None = None
+        self._fd: int | None = None
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cuts = 0  # calls cut off so far
+
+    def watch(self, fd: int | None) -> None:
+        """The socket of the connection calls go through now (None: no live connection, so
+        nothing is cut: a descriptor number may be reused by anything once closed)."""
+        with self._lock:
+            self._fd = fd
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        with self._lock:
+            self._deadline = time.monotonic() + self._seconds
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="mh-watchd-journal-guard", daemon=True
+                )
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._deadline = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(0.5):
+            with self._lock:
+                late = self._deadline is not None and time.monotonic() > self._deadline
+                fd = self._fd
+                if late:
+                    self._deadline = None
+            if late and fd is not None:
+                self._cut(fd)
+
+    def _cut(self, fd: int) -> None:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            return  # the connection closed meanwhile
+        with sock, contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        self.cuts += 1
+        log.error(
+            "journal.call_cut_off",
+            database=self._where,
+            seconds=self._seconds,
+            hint="the database did not answer in time; work holds and resumes once it does",
+        )
 
 
 class Listener:

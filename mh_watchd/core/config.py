@@ -59,7 +59,7 @@ DAEMON_KEYS: tuple[str, ...] = (
     "state_dir", "max_parallel_uploads", "max_active_renders", "daily_credit_limit",
     "settle_seconds", "rescan_seconds", "observer", "log_format", "http_listen", "umask",
     "stop_grace_seconds", "http_token", "history_days", "state_url", "host_name",
-    "lease_seconds",
+    "lease_seconds", "state_timeout_seconds",
 )  # fmt: skip
 STYLE_KEYS: tuple[str, ...] = ("art_style", "model", "prompt", "prompt_type", "version")
 # Keys a preset (or an inline [folder.style]) may set besides the style itself; folder keys of
@@ -123,6 +123,9 @@ class DaemonConfig:
     # A host holds its jobs under leases this long, renewed every third of it; a host that
     # stops renewing loses its jobs to another after this long.
     lease_seconds: float = 60.0
+    # A journal call to the database (state_url) that takes longer fails: the daemon holds
+    # everything until the database answers again.
+    state_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -609,6 +612,7 @@ def _parse_daemon(
         state_url=_parse_state_url(reader),
         host_name=_parse_host_name(reader),
         lease_seconds=_parse_lease_seconds(reader),
+        state_timeout_seconds=_parse_state_timeout(reader),
     )
 
 
@@ -643,6 +647,14 @@ def _parse_host_name(reader: _Reader) -> str:
         )
         return ""
     return name
+
+
+def _parse_state_timeout(reader: _Reader) -> float:
+    value = reader.number("state_timeout_seconds", 30.0, positive=True)
+    if not 1.0 <= value <= 600.0:
+        reader.problem("state_timeout_seconds", f"must be between 1 and 600 seconds, not {value:g}")
+        return 30.0
+    return value
 
 
 def _parse_lease_seconds(reader: _Reader) -> float:

@@ -97,4 +97,9 @@ def test_journal_has_exactly_its_public_methods() -> None:
 
 def test_journal_open_is_still_a_classmethod_with_the_same_parameters() -> None:
     assert inspect.ismethod(Journal.open) and Journal.open.__self__ is Journal
-    assert list(inspect.signature(Journal.open).parameters) == ["state_dir", "readonly", "url"]
+    assert list(inspect.signature(Journal.open).parameters) == [
+        "state_dir",
+        "readonly",
+        "url",
+        "timeout_seconds",
+    ]
