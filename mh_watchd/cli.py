@@ -17,6 +17,7 @@ import structlog
 from mh_watchd import __version__
 
 if TYPE_CHECKING:
+    from mh_watchd.adapters.journal import Journal
     from mh_watchd.core.config import Config
 
 # Exit codes (sysexits.h), named once.
@@ -189,6 +190,17 @@ def _load_config(args: argparse.Namespace) -> tuple[Config, Path] | int:
         return EX_CONFIG
 
 
+def _open_readonly(config: Config) -> Journal | int:
+    """The config's journal, read-only; EX_UNAVAILABLE after saying why it cannot be read."""
+    from mh_watchd.adapters.journal import open_journal
+    from mh_watchd.core.errors import StateDirError
+
+    try:
+        return open_journal(config.daemon, readonly=True)
+    except StateDirError as exc:
+        return _fail(f"{exc} (has the daemon run yet?)", EX_UNAVAILABLE)
+
+
 def _print_config_error(exc: Exception, path: Path) -> None:
     problems = getattr(exc, "problems", [str(exc)])
     sys.stderr.write(f"mh-watchd: {path}: {len(problems)} problem(s):\n")
@@ -326,17 +338,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """`status`: read the journal read-only and print what the daemon is doing."""
     from mh_watchd import report
-    from mh_watchd.adapters.journal import open_journal
-    from mh_watchd.core.errors import StateDirError
 
     loaded = _load_config(args)
     if isinstance(loaded, int):
         return loaded
     config = loaded[0]
-    try:
-        journal = open_journal(config.daemon, readonly=True)
-    except StateDirError as exc:
-        return _fail(f"{exc} (has the daemon run yet?)", EX_UNAVAILABLE)
+    journal = _open_readonly(config)
+    if isinstance(journal, int):
+        return journal
     try:
         data = report.build(journal, config)
     finally:
@@ -354,7 +363,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
     0 written; 69 no journal, or PATH's directory unwritable; 73 PATH exists (without --force)
     or lies inside the state_dir; 78 bad config.
     """
-    from mh_watchd.adapters.journal import open_journal
     from mh_watchd.adapters.journal_backup import BackupRefused
     from mh_watchd.core.errors import StateDirError
 
@@ -362,10 +370,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     config = loaded[0]
-    try:
-        journal = open_journal(config.daemon, readonly=True)
-    except StateDirError as exc:
-        return _fail(f"{exc} (has the daemon run yet?)", EX_UNAVAILABLE)
+    journal = _open_readonly(config)
+    if isinstance(journal, int):
+        return journal
     try:
         done = journal.backup(Path(args.path), force=args.force)
     except BackupRefused as exc:
@@ -387,9 +394,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     from mh_watchd.adapters import logs
     from mh_watchd.adapters.http_status import StatusServer
-    from mh_watchd.adapters.journal import open_journal
     from mh_watchd.core.config import DEFAULT_HTTP_LISTEN, is_loopback_listen
-    from mh_watchd.core.errors import StateDirError
     from mh_watchd.web import WebApp
 
     loaded = _load_config(args)
@@ -407,10 +412,9 @@ def cmd_web(args: argparse.Namespace) -> int:
         log_format=config.daemon.log_format,
         secrets=[config.daemon.http_token] if config.daemon.http_token else [],
     )
-    try:
-        journal = open_journal(config.daemon, readonly=True)
-    except StateDirError as exc:
-        return _fail(f"{exc} (has the daemon run yet?)", EX_UNAVAILABLE)
+    journal = _open_readonly(config)
+    if isinstance(journal, int):
+        return journal
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
