@@ -31,7 +31,9 @@ import pytest
 
 from mh_watchd.adapters.journal import Journal
 from mh_watchd.core.errors import StateDirError
+from mh_watchd.core.jobs import HoldReason, Job, JobState
 from mh_watchd.emulator import EmulatorServer
+from tests.conftest import wait_for
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import SCRIPT, DaemonProcess, Workspace
 
@@ -417,6 +419,53 @@ def log_events(proc: DaemonProcess) -> list[dict[str, Any]]:
             if isinstance(doc, dict):
                 events.append(doc)
     return events
+
+
+def settle_ambiguous(
+    names: set[str],
+    *,
+    wait_jobs: Callable[[Callable[[list[Job]], bool]], list[Job]],
+    read_jobs: Callable[[], list[Job]],
+    retry: Callable[[int], None],
+    also: Callable[[dict[str, list[Job]]], bool] = lambda _by: True,
+) -> Counter[str]:
+    """Wait until every file in `names` is done or held `ambiguous_create` (and `also` holds
+    for the jobs by file), retry the held ones (`retry(job_id)`, as a user would after looking
+    in the web app), and again until none is held. Returns the retries per file: each may
+    add at most one project (Invariant 5)."""
+    retries: Counter[str] = Counter()
+
+    def settled(jobs: list[Job]) -> bool:
+        by: dict[str, list[Job]] = {}
+        for j in jobs:
+            by.setdefault(j.rel_path, []).append(j)
+        return all(
+            any(
+                j.state is JobState.DONE or j.hold_reason is HoldReason.AMBIGUOUS_CREATE
+                for j in by.get(name, [])
+            )
+            for name in names
+        ) and also(by)
+
+    while True:
+        held = [j for j in wait_jobs(settled) if j.hold_reason is HoldReason.AMBIGUOUS_CREATE]
+        if not held:
+            return retries
+        for j in held:
+            assert j.id is not None
+            retries[j.rel_path] += 1
+            retry(j.id)
+        retried = {j.id for j in held}
+
+        def released(retried: set[int | None] = retried) -> bool:
+            return not any(
+                x.id in retried and x.hold_reason is HoldReason.AMBIGUOUS_CREATE
+                for x in read_jobs()
+            )
+
+        wait_for(
+            released, timeout_seconds=30, what="the retried ambiguous jobs to leave their hold"
+        )
 
 
 # ---------------------------------------------------------------------------- totals

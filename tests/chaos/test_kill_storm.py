@@ -34,9 +34,9 @@ from tests.chaos.conftest import (
     inject,
     outputs_in,
     record,
+    settle_ambiguous,
     size,
 )
-from tests.conftest import wait_for
 from tests.e2e.conftest import read_jobs, wait_jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos_long]
@@ -142,49 +142,26 @@ def test_sigkill_storm_delivers_every_good_file_exactly_once(
         proc = daemon()
     drop(pending)
 
-    names = set(good)
-    ambiguous_retries: Counter[str] = Counter()
-
-    def settled(jobs: list[Job]) -> bool:
-        """Every good file done or held ambiguous (to be retried); bad files failed."""
-        by: dict[str, list[Job]] = {}
-        for j in jobs:
-            by.setdefault(j.rel_path, []).append(j)
-        for name in names:
-            js = by.get(name, [])
-            if not any(
-                j.state is JobState.DONE or j.hold_reason is HoldReason.AMBIGUOUS_CREATE for j in js
-            ):
-                return False
-        return all(any(j.state is JobState.FAILED for j in by.get(n, [])) for n in bad)
-
     budget = 900.0 if LONG else 150.0
-    while True:
-        jobs = wait_jobs(
+
+    def retry(job_id: int) -> None:
+        result = cli(ws, daemon_env, "retry", str(job_id))
+        assert result.returncode == 0, result.stderr
+
+    ambiguous_retries = settle_ambiguous(
+        set(good),
+        wait_jobs=lambda settled: wait_jobs(
             ws.state_dir,
             settled,
             proc=proc,
             timeout_seconds=budget,
             what=f"every good file done or held ambiguous (seed {seed})",
-        )
-        held = [j for j in jobs if j.hold_reason is HoldReason.AMBIGUOUS_CREATE]
-        if not held:
-            break
-        for j in held:
-            ambiguous_retries[j.rel_path] += 1
-            result = cli(ws, daemon_env, "retry", str(j.id))
-            assert result.returncode == 0, result.stderr
-        retried = {j.id for j in held}
-
-        def released(retried: set[int | None] = retried) -> bool:
-            return not any(
-                x.id in retried and x.hold_reason is HoldReason.AMBIGUOUS_CREATE
-                for x in read_jobs(ws.state_dir)
-            )
-
-        wait_for(
-            released, timeout_seconds=30, what="the retried ambiguous jobs to leave their hold"
-        )
+        ),
+        read_jobs=lambda: read_jobs(ws.state_dir),
+        retry=retry,
+        # and every bad file failed
+        also=lambda by: all(any(j.state is JobState.FAILED for j in by.get(n, [])) for n in bad),
+    )
 
     jobs = read_jobs(ws.state_dir)
     hold_for(proc.alive, 0.5, what="the daemon alive at the end", proc=proc)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mh_watchd.adapters.samples import synthesize_clip
-from mh_watchd.core.jobs import HoldReason, Job, JobState
+from mh_watchd.core.jobs import JobState
 from tests.chaos.conftest import (
     LONG,
     FaultTally,
@@ -28,9 +28,9 @@ from tests.chaos.conftest import (
     inject,
     outputs_in,
     record,
+    settle_ambiguous,
     size,
 )
-from tests.conftest import wait_for
 from tests.e2e import cluster as cluster_harness
 from tests.e2e.cluster import Cluster, journal_jobs
 from tests.e2e.conftest import SCRIPT
@@ -106,48 +106,26 @@ def test_two_hosts_under_kills_and_a_database_restart_deliver_every_file_once(
             pg_server.start_again()
         cluster.start(host)
 
-    names = set(dropped)
-    ambiguous_retries: Counter[str] = Counter()
-
-    def settled(jobs: list[Job]) -> bool:
-        by: dict[str, list[Job]] = {}
-        for j in jobs:
-            by.setdefault(j.rel_path, []).append(j)
-        return all(
-            any(
-                j.state is JobState.DONE or j.hold_reason is HoldReason.AMBIGUOUS_CREATE
-                for j in by.get(name, [])
-            )
-            for name in names
-        )
-
     config = cluster.daemons["host-a"].ws.config_path
-    while True:
-        jobs = cluster.wait_jobs(settled, f"every file done or held ambiguous (seed {seed})", 240)
-        held = [j for j in jobs if j.hold_reason is HoldReason.AMBIGUOUS_CREATE]
-        if not held:
-            break
-        for j in held:
-            ambiguous_retries[j.rel_path] += 1
-            out = subprocess.run(
-                [SCRIPT, "retry", str(j.id), "-c", str(config)],
-                env=cluster.env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert out.returncode == 0, out.stderr
-        retried = {j.id for j in held}
-        wait_for(
-            lambda retried=retried: (
-                not any(
-                    x.id in retried and x.hold_reason is HoldReason.AMBIGUOUS_CREATE
-                    for x in journal_jobs(cluster.url)
-                )
-            ),
-            timeout_seconds=30,
-            what="the retried ambiguous jobs to leave their hold",
+
+    def retry(job_id: int) -> None:
+        out = subprocess.run(
+            [SCRIPT, "retry", str(job_id), "-c", str(config)],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
+        assert out.returncode == 0, out.stderr
+
+    ambiguous_retries = settle_ambiguous(
+        set(dropped),
+        wait_jobs=lambda settled: cluster.wait_jobs(
+            settled, f"every file done or held ambiguous (seed {seed})", 240
+        ),
+        read_jobs=lambda: journal_jobs(cluster.url),
+        retry=retry,
+    )
 
     for proc in cluster.daemons.values():
         assert proc.stop(timeout=60) == 0
