@@ -16,13 +16,13 @@ from mh_watchd.adapters.journal_backend import ClaimLost, Conn, OverBudget, lock
 from mh_watchd.adapters.journal_charges import spent_on
 from mh_watchd.adapters.journal_connection import JournalConflict, JournalConnection
 from mh_watchd.adapters.journal_rows import (
-    JOB_INSERT_SQL,
     JOB_UPDATE_KEEP_CLAIM_SQL,
-    JOB_UPDATE_SQL,
     TERMINAL_VALUES,
     dump_detail,
     encode_inode,
     job_from_row,
+    job_insert_sql,
+    job_update_sql,
     job_values,
 )
 from mh_watchd.core.jobs import Job, JobState, check_move
@@ -94,7 +94,7 @@ class JobRecords(JournalConnection):
     def _insert_row(self, conn: Conn, job: Job) -> int:
         holder = self._holder_for(job)
         lease = self._lease_seconds if holder is not None else None
-        sql = JOB_INSERT_SQL.format(now=self._dialect.now)
+        sql = job_insert_sql(self._dialect.now)
         return int(conn.execute(sql, [*job_values(job), holder, lease]).fetchone()["id"])
 
     def _check_latest(self, conn: Conn, folder: str, rel_path: str, expect: int) -> None:
@@ -199,7 +199,7 @@ class JobRecords(JournalConnection):
             return holder
         new = self._holder_for(job)
         lease = self._lease_seconds if new is not None else None
-        sql = JOB_UPDATE_SQL.format(now=self._dialect.now)
+        sql = job_update_sql(self._dialect.now)
         conn.execute(sql, [*job_values(job), new, lease, job.id])
         return new
 

@@ -6,6 +6,7 @@ Shared by the journal's parts; not part of the public API (import from mh_watchd
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -21,15 +22,27 @@ CLAIM_FIELDS = frozenset({"id", "holder"})
 JOB_COLUMNS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(Job) if f.name not in CLAIM_FIELDS
 )
-JOB_INSERT_SQL = (
-    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}, holder, lease_until)"
-    f" VALUES ({', '.join('?' for _ in JOB_COLUMNS)}, ?, {{now}} + ?) RETURNING id"
-)
-# With the claim ({now} + NULL is NULL: no holder, no lease), or leaving it as it is.
-JOB_UPDATE_SQL = (
-    f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in JOB_COLUMNS)}, holder = ?,"
-    " lease_until = {now} + ? WHERE id = ?"
-)
+
+
+@functools.cache
+def job_insert_sql(now: str) -> str:
+    """INSERT of a job row with its claim; `now` is the dialect's clock expression."""
+    return (
+        f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}, holder, lease_until)"
+        f" VALUES ({', '.join('?' for _ in JOB_COLUMNS)}, ?, {now} + ?) RETURNING id"
+    )
+
+
+@functools.cache
+def job_update_sql(now: str) -> str:
+    """UPDATE of a job row with its claim ({now} + NULL is NULL: no holder, no lease)."""
+    return (
+        f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in JOB_COLUMNS)}, holder = ?,"
+        f" lease_until = {now} + ? WHERE id = ?"
+    )
+
+
+# Leaving the claim as it is (a tool's journal, with no host).
 JOB_UPDATE_KEEP_CLAIM_SQL = (
     f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in JOB_COLUMNS)} WHERE id = ?"
 )
